@@ -1,0 +1,5 @@
+import sys
+
+from coin.cli import main
+
+sys.exit(main())

@@ -1,0 +1,401 @@
+"""The run configuration: one YAML file describes a run; `key.sub=value` overrides it.
+
+Every setting has exactly one home here. The DeepSpeed JSON named by `deepspeed.config` uses
+"auto" for everything this file decides (batch sizes, precision, optimiser hyper-parameters,
+gradient clipping); `deepspeed_config()` fills those in. A concrete value in the JSON that
+contradicts the run config is an error, never silently preferred.
+
+`load_config(path, overrides)` validates everything before anything heavy starts: an unknown key,
+a wrong type or an impossible value raises `ConfigError` with a one-line message that names the
+key and the expected form.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from coin.errors import CoinError
+
+
+class ConfigError(CoinError):
+    """A bad run configuration; the message is one line naming the key."""
+
+
+@dataclass
+class TinyModelConfig:
+    """The embedded default model: a random LlamaForCausalLM with a real LLaMA vocabulary."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 176
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # "tiny" builds the embedded random tiny LLaMA; anything else is a local directory or hub id
+    # of a Hugging Face causal LM (LLaMA, Mistral, Qwen2, ... loaded with the Auto classes).
+    name_or_path: str = "tiny"
+    tokenizer: str | None = None  # defaults to name_or_path
+    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # contrastive records (JSONL or Parquet), see docs/data.md
+    eval: str | None = None  # held-out contrastive records for periodic evaluation
+    max_length: int = 256  # the reference's cutoff length
+    # How an instruction (with its input) becomes a prompt; the response follows it directly.
+    prompt_template: str = "{prompt}\n\n### Response:\n"
+    add_bos: bool = True
+    add_eos: bool = False  # the reference adds no EOS
+    cache_dir: str | None = None  # token cache; default <output.dir>/token_cache
+    num_workers: int = 0
+
+
+@dataclass
+class CoinConfig:
+    contrastive: bool = True  # false: plain SFT on originals (+ paraphrases), the paper's baseline
+    pooling: str = "last"  # last | prompt_last | mean
+    temperature: float = 0.05
+    weighting: str = "adaptive"  # adaptive: w = min(max_weight, L_gen / L_ctr); constant: w = weight
+    max_weight: float = 1000.0  # lambda of the paper
+    weight: float = 1.0  # the constant weight when weighting = constant
+    gen_loss: str = "both"  # both: CE(original) + CE(paraphrase) (reference) | original
+    gather: bool = True  # negatives from every rank (pool = world x micro-batch)
+    gather_group_size: int = 0  # 0: all ranks; k: pools of k consecutive ranks
+    lm_loss_chunk_tokens: int = 1024  # label positions per chunk of the output projection
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: str = "linear"  # linear | cosine | constant (after warm-up)
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    micro_batch_size: int = 2  # examples (each an original + paraphrase) per rank per micro-step
+    gradient_accumulation_steps: int = 1
+    epochs: int = 1
+    max_steps: int = 0  # optimiser steps; 0: as many as `epochs` give
+    seed: int = 42
+
+
+@dataclass
+class DeepSpeedConfig:
+    config: str = "ds_configs/zero3.json"
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/coin"
+    save_every: int = 0  # optimiser steps between checkpoints; 0: only at the end
+    keep_last: int = 2
+    resume: str = "auto"  # auto: latest complete checkpoint in dir | never | a checkpoint path
+    export: bool = True  # write a Hugging Face model to <dir>/hf at the end
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 10
+    eval_every: int = 0  # optimiser steps between held-out evaluations; 0: never
+    tensorboard: bool = True
+    progress_bar: bool = True  # shown on rank 0 when stderr is a terminal
+    peak_tflops: float = 989.0  # per device, for MFU (H100 SXM dense bf16)
+    max_nonfinite_steps: int = 3  # stop after this many consecutive non-finite losses
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    coin: CoinConfig = field(default_factory=CoinConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "model.dtype": ("fp32", "bf16", "fp16"),
+    "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
+    "coin.pooling": ("last", "prompt_last", "mean"),
+    "coin.weighting": ("adaptive", "constant"),
+    "coin.gen_loss": ("both", "original"),
+    "optim.schedule": ("linear", "cosine", "constant"),
+}
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:
+        return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(tp) else "")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotated type `tp`; ints are accepted where floats are."""
+    origin_args = typing.get_args(tp)
+    if origin_args:  # Optional[X]
+        if value is None and type(None) in origin_args:
+            return None
+        inner = [a for a in origin_args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(f"unknown key '{full}' (expected one of: {', '.join(names)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, value, tp)
+    return cls(**kwargs)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value), the value read as YAML (`1e-4`, `true`, `null`, ...)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key.sub=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}': expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, float) or isinstance(value, (int, bool)) or value is None:
+        pass
+    elif not isinstance(value, str):
+        value = raw  # lists and mappings are not settings here; keep the text for the type check
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict, *, check_paths: bool = True) -> RunConfig:
+    cfg = _build(RunConfig, data or {}, "")
+    validate(cfg, check_paths=check_paths)
+    return cfg
+
+
+def load_config(path: str | None, overrides: list[str] | None = None, *, check_paths: bool = True) -> RunConfig:
+    """Read a YAML run config (or only defaults when `path` is None), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file '{path}' does not exist")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data, check_paths=check_paths)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _require(value in choices, f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    c, o, d = cfg.coin, cfg.optim, cfg.data
+    _require(c.temperature > 0, f"coin.temperature: expected a number > 0, got {c.temperature}")
+    _require(c.max_weight >= 0, f"coin.max_weight: expected a number >= 0, got {c.max_weight}")
+    _require(c.weight >= 0, f"coin.weight: expected a number >= 0, got {c.weight}")
+    _require(c.gather_group_size >= 0, f"coin.gather_group_size: expected an integer >= 0, got {c.gather_group_size}")
+    _require(c.lm_loss_chunk_tokens > 0, f"coin.lm_loss_chunk_tokens: expected an integer > 0, got {c.lm_loss_chunk_tokens}")
+    _require(o.lr > 0, f"optim.lr: expected a number > 0, got {o.lr}")
+    _require(o.micro_batch_size >= 1, f"optim.micro_batch_size: expected an integer >= 1, got {o.micro_batch_size}")
+    _require(
+        o.gradient_accumulation_steps >= 1,
+        f"optim.gradient_accumulation_steps: expected an integer >= 1, got {o.gradient_accumulation_steps}",
+    )
+    _require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio: expected a number in [0, 1), got {o.warmup_ratio}")
+    _require(o.max_grad_norm >= 0, f"optim.max_grad_norm: expected a number >= 0, got {o.max_grad_norm}")
+    _require(o.epochs >= 1, f"optim.epochs: expected an integer >= 1, got {o.epochs}")
+    _require(o.max_steps >= 0, f"optim.max_steps: expected an integer >= 0, got {o.max_steps}")
+    _require(d.max_length >= 8, f"data.max_length: expected an integer >= 8, got {d.max_length}")
+    _require(
+        d.prompt_template.count("{prompt}") == 1,
+        f"data.prompt_template: expected exactly one '{{prompt}}' placeholder, got {d.prompt_template!r}",
+    )
+    _require(cfg.output.keep_last >= 1, f"output.keep_last: expected an integer >= 1, got {cfg.output.keep_last}")
+    _require(cfg.output.save_every >= 0, f"output.save_every: expected an integer >= 0, got {cfg.output.save_every}")
+    _require(cfg.logging.log_every >= 1, f"logging.log_every: expected an integer >= 1, got {cfg.logging.log_every}")
+    _require(cfg.logging.eval_every >= 0, f"logging.eval_every: expected an integer >= 0, got {cfg.logging.eval_every}")
+    _require(cfg.logging.peak_tflops > 0, f"logging.peak_tflops: expected a number > 0, got {cfg.logging.peak_tflops}")
+    _require(
+        cfg.logging.max_nonfinite_steps >= 0,
+        f"logging.max_nonfinite_steps: expected an integer >= 0, got {cfg.logging.max_nonfinite_steps}",
+    )
+    if check_paths:
+        _require(bool(d.train), "data.train: expected the path of a contrastive records file, got nothing")
+        _require(os.path.exists(d.train), f"data.train: path '{d.train}' does not exist")
+        if d.eval:
+            _require(os.path.exists(d.eval), f"data.eval: path '{d.eval}' does not exist")
+        name = cfg.model.name_or_path
+        if name.startswith((".", "/", "~")):  # a path must exist; an `org/name` hub id cannot be checked offline
+            _require(os.path.isdir(os.path.expanduser(name)), f"model.name_or_path: directory '{name}' does not exist")
+    # The DeepSpeed file is read now so that a contradiction fails before any model loads.
+    deepspeed_config(cfg, world_size=1)
+
+
+# ----------------------------------------------------------------------------- DeepSpeed JSON
+
+AUTO = "auto"
+
+
+def _read_ds_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"deepspeed.config: file '{path}' does not exist")
+    with open(path, encoding="utf-8") as f:
+        try:
+            ds = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"deepspeed.config: '{path}' is not valid JSON ({e})") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed.config: '{path}' must hold a JSON object")
+    return ds
+
+
+def _fill(ds: dict, dotted: str, value: Any, source: str, path: str) -> None:
+    """Put `value` at `dotted` when the file says "auto" or nothing; a different value is an error."""
+    node = ds
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    current = node.get(parts[-1], AUTO)
+    if current == AUTO:
+        node[parts[-1]] = value
+    elif current != value:
+        raise ConfigError(
+            f"{source}: the run config gives {value!r} but {path} sets {dotted}={current!r} "
+            f"(use \"auto\" there: the run config is the one source of truth)"
+        )
+
+
+def deepspeed_config(cfg: RunConfig, world_size: int, hidden_size: int | None = None) -> dict:
+    """The DeepSpeed config dict for this run: the JSON file with every "auto" filled in."""
+    path = cfg.deepspeed.config
+    ds = _read_ds_file(path)
+    o = cfg.optim
+    if "scheduler" in ds:
+        raise ConfigError(
+            f"deepspeed.config: {path} has a 'scheduler' block; set optim.schedule/optim.warmup_ratio instead"
+        )
+    _fill(ds, "train_micro_batch_size_per_gpu", o.micro_batch_size, "optim.micro_batch_size", path)
+    _fill(ds, "gradient_accumulation_steps", o.gradient_accumulation_steps, "optim.gradient_accumulation_steps", path)
+    _fill(ds, "train_batch_size", o.micro_batch_size * o.gradient_accumulation_steps * world_size,
+          "optim.micro_batch_size x optim.gradient_accumulation_steps x world size", path)
+    _fill(ds, "gradient_clipping", o.max_grad_norm, "optim.max_grad_norm", path)
+    _fill(ds, "bf16.enabled", cfg.model.dtype == "bf16", "model.dtype", path)
+    _fill(ds, "fp16.enabled", cfg.model.dtype == "fp16", "model.dtype", path)
+    if "optimizer" in ds:
+        params = ds["optimizer"].setdefault("params", {})
+        _fill(params, "lr", o.lr, "optim.lr", path)
+        _fill(params, "betas", [o.beta1, o.beta2], "optim.beta1/beta2", path)
+        _fill(params, "eps", o.eps, "optim.eps", path)
+        _fill(params, "weight_decay", o.weight_decay, "optim.weight_decay", path)
+    zero = ds.get("zero_optimization", {})
+    if hidden_size is not None:
+        for key, value in (
+            ("reduce_bucket_size", hidden_size * hidden_size),
+            ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+            ("stage3_param_persistence_threshold", 10 * hidden_size),
+        ):
+            if zero.get(key) == AUTO:
+                zero[key] = value
+    leftover = [k for k, v in _walk(ds) if v == AUTO and not (hidden_size is None and k.startswith("zero_optimization."))]
+    if leftover:
+        raise ConfigError(f"deepspeed.config: {path} has \"auto\" at {', '.join(leftover)}, which the run config does not decide")
+    return ds
+
+
+def zero_stage(cfg: RunConfig) -> int:
+    return int(_read_ds_file(cfg.deepspeed.config).get("zero_optimization", {}).get("stage", 0))
+
+
+def _walk(d: Any, prefix: str = ""):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _walk(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], d
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

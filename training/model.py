@@ -1,0 +1,158 @@
+"""Loading LLaMA-class causal LMs and their tokenizers, and the embedded tiny default.
+
+Any Hugging Face causal LM whose decoder returns final-norm hidden states and whose output head
+is a module works (LLaMA, Mistral, Qwen2, ...): only the Auto classes are used. Under ZeRO-3 the
+caller passes the filled DeepSpeed config so that `HfDeepSpeedConfig` exists *before*
+`from_pretrained`, and weights are partitioned while they load instead of every rank holding a
+full copy.
+
+`name_or_path: tiny` is the embedded default: a random LlamaForCausalLM (hidden 64, 2 layers)
+with a real 32000-token SentencePiece LLaMA vocabulary (the LLaMA-format tokenizer shipped by the
+`mistral-common` package, installed with `pip install --no-deps mistral-common`). It is written
+once, deterministically from its seed, as an ordinary Hugging Face directory under the cache
+(`$COIN_CACHE`, default ~/.cache/coin), so every later step uses the same from_pretrained path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import torch
+from torch import nn
+
+from .config import ConfigError, ModelConfig, TinyModelConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cache_root() -> str:
+    return os.environ.get("COIN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "coin"))
+
+
+def _llama_vocab_file() -> str:
+    try:
+        import mistral_common
+    except ImportError:
+        raise ConfigError(
+            "model.name_or_path: 'tiny' needs the LLaMA-format SentencePiece vocabulary shipped by "
+            "mistral-common; install it with `pip install --no-deps mistral-common`"
+        ) from None
+    path = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.name_or_path: 'tiny': {path} is missing from the installed mistral-common")
+    return path
+
+
+def tiny_model_dir(tiny: TinyModelConfig) -> str:
+    """Materialise the tiny default as a HF directory (idempotent, safe across concurrent ranks)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    spec = json.dumps(tiny.__dict__, sort_keys=True)
+    key = hashlib.sha256(spec.encode()).hexdigest()[:12]
+    out = os.path.join(cache_root(), f"tiny-llama-{key}")
+    if os.path.isfile(os.path.join(out, "model.safetensors")):
+        return out
+    os.makedirs(cache_root(), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tiny-llama-", dir=cache_root())
+    try:
+        shutil.copyfile(_llama_vocab_file(), os.path.join(tmp, "tokenizer.model"))
+        tok = AutoTokenizer.from_pretrained(tmp)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=tiny.hidden_size,
+            intermediate_size=tiny.intermediate_size,
+            num_hidden_layers=tiny.num_hidden_layers,
+            num_attention_heads=tiny.num_attention_heads,
+            num_key_value_heads=tiny.num_key_value_heads,
+            max_position_embeddings=tiny.max_position_embeddings,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.unk_token_id,
+            tie_word_embeddings=False,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tiny.seed)
+            model = LlamaForCausalLM(config)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.pad_token = tok.unk_token
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another rank finished first: its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_model_path(mcfg: ModelConfig) -> str:
+    return tiny_model_dir(mcfg.tiny) if mcfg.name_or_path == "tiny" else mcfg.name_or_path
+
+
+def load_tokenizer(mcfg: ModelConfig, padding_side: str = "right"):
+    """The tokenizer, with a pad token (unk, else eos) when it has none."""
+    from transformers import AutoTokenizer
+
+    path = mcfg.tokenizer or resolve_model_path(mcfg)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    if tok.pad_token is None:
+        raise ConfigError(f"model.tokenizer: '{path}' has no pad, unk or eos token to pad with")
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_model(mcfg: ModelConfig, ds_config: dict | None = None) -> nn.Module:
+    """A causal LM from a path or hub id.
+
+    With a ZeRO-3 `ds_config`, an `HfDeepSpeedConfig` is alive during `from_pretrained`, so the
+    weights are partitioned as they load. The returned model keeps a reference to it.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(mcfg)
+    hf_ds = None
+    if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds = HfDeepSpeedConfig(ds_config)  # must exist before from_pretrained
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=DTYPES[mcfg.dtype],
+        attn_implementation=mcfg.attn_implementation,
+        trust_remote_code=mcfg.trust_remote_code,
+    )
+    model._coin_hf_ds_config = hf_ds  # keep it alive as long as the model
+    model.config.use_cache = False
+    if mcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+class CoinModel(nn.Module):
+    """Wraps a causal LM for the CoIN step: forward returns final-norm hidden states, not logits.
+
+    The output head is applied later, by the loss, to the label positions only (`head`). It is
+    called as a module so that ZeRO-3's hooks gather its partitioned weight.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    @property
+    def head(self) -> nn.Module:
+        return self.lm.get_output_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def num_parameters(self) -> int:
+        """Parameter count (works on ZeRO-3 partitioned parameters too)."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters())
+
