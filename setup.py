@@ -28,6 +28,7 @@ setup(
     install_requires=[
         "deepspeed>=0.16",
         "transformers>=4.45",
+        "accelerate",  # transformers' HfDeepSpeedConfig (ZeRO-3 loading) requires it
         "datasets>=2.20",
         "sentencepiece",
         "safetensors",

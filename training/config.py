@@ -78,7 +78,7 @@ class CoinConfig:
     gen_loss: str = "both"  # both: CE(original) + CE(paraphrase) (reference) | original
     gather: bool = True  # negatives from every rank (pool = world x micro-batch)
     gather_group_size: int = 0  # 0: all ranks; k: pools of k consecutive ranks
-    lm_loss_chunk_tokens: int = 1024  # label positions per chunk of the output projection
+    lm_loss_chunks: int = 8  # the output projection runs in this many chunks (fixed: same calls on every rank)
 
 
 @dataclass
@@ -277,7 +277,7 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
     _require(c.max_weight >= 0, f"coin.max_weight: expected a number >= 0, got {c.max_weight}")
     _require(c.weight >= 0, f"coin.weight: expected a number >= 0, got {c.weight}")
     _require(c.gather_group_size >= 0, f"coin.gather_group_size: expected an integer >= 0, got {c.gather_group_size}")
-    _require(c.lm_loss_chunk_tokens > 0, f"coin.lm_loss_chunk_tokens: expected an integer > 0, got {c.lm_loss_chunk_tokens}")
+    _require(c.lm_loss_chunks >= 1, f"coin.lm_loss_chunks: expected an integer >= 1, got {c.lm_loss_chunks}")
     _require(o.lr > 0, f"optim.lr: expected a number > 0, got {o.lr}")
     _require(o.micro_batch_size >= 1, f"optim.micro_batch_size: expected an integer >= 1, got {o.micro_batch_size}")
     _require(

@@ -149,7 +149,12 @@ class CoinModel(nn.Module):
         return self.lm.get_output_embeddings()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        # Positions count real tokens, so a left-padded row sees the same positions as the same
+        # row padded on the right (HF would otherwise number the padding too).
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.lm.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
         return out.last_hidden_state
 
     def num_parameters(self) -> int:

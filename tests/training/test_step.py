@@ -1,0 +1,141 @@
+"""The CoIN step against an independent plain-PyTorch computation of METHOD.md (one process)."""
+import dataclasses
+
+import pytest
+import torch
+
+from coin.training.batch import collate
+from coin.training.config import CoinConfig, ModelConfig
+from coin.training.losses import token_losses
+from coin.training.model import CoinModel, load_model, load_tokenizer
+from coin.training.step import coin_step
+
+from coin_reference import make_rows, reference_loss
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir):
+    mcfg = ModelConfig(name_or_path=tiny_model_dir)
+    tok = load_tokenizer(mcfg)
+    torch.manual_seed(0)
+    lm = load_model(mcfg)
+    return tok, lm, make_rows(tok, 4, seed=1)
+
+
+@pytest.mark.parametrize("pooling", ["last", "prompt_last", "mean"])
+@pytest.mark.parametrize("weighting", ["adaptive", "constant"])
+@pytest.mark.parametrize("gen_loss", ["both", "original"])
+def test_loss_equals_reference(setup, pooling, weighting, gen_loss):
+    tok, lm, rows = setup
+    cfg = CoinConfig(pooling=pooling, weighting=weighting, gen_loss=gen_loss, weight=0.7, temperature=0.05)
+    with torch.no_grad():
+        got = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg).loss
+        want = reference_loss(lm, [rows], cfg)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (float(got), float(want))
+
+
+def test_weight_cap_binds(setup):
+    tok, lm, rows = setup
+    cfg = CoinConfig(max_weight=0.25)
+    with torch.no_grad():
+        out = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg)
+        want = reference_loss(lm, [rows], cfg)
+    assert float(out.metrics["ctr_weight"]) == pytest.approx(0.25)
+    assert torch.allclose(out.loss, want, rtol=1e-5)
+
+
+def test_gradients_equal_reference(setup):
+    tok, lm, rows = setup
+    cfg = CoinConfig()
+    lm.zero_grad()
+    coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg).loss.backward()
+    got = {n: p.grad.clone() for n, p in lm.named_parameters()}
+    lm.zero_grad()
+    reference_loss(lm, [rows], cfg).backward()
+    for n, p in lm.named_parameters():
+        rel = float((got[n] - p.grad).norm() / p.grad.norm())
+        assert rel < 1e-4, (n, rel)
+    lm.zero_grad()
+
+
+@pytest.mark.parametrize("pooling", ["last", "prompt_last", "mean"])
+def test_padding_side_does_not_matter(setup, pooling):
+    tok, lm, rows = setup
+    cfg = CoinConfig(pooling=pooling)
+    with torch.no_grad():
+        right = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id, "right"), cfg).loss
+        left = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id, "left"), cfg).loss
+    assert torch.allclose(left, right, rtol=1e-5)
+
+
+def test_metrics(setup):
+    tok, lm, rows = setup
+    batch = collate(rows, tok.pad_token_id)
+    with torch.no_grad():
+        m = coin_step(CoinModel(lm), batch, CoinConfig()).metrics
+    assert set(m) == {"loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size", "tokens", "label_tokens"}
+    assert float(m["pool_size"]) == len(rows)
+    assert float(m["tokens"]) == float(batch["attention_mask"].sum())
+    assert float(m["label_tokens"]) == float((batch["labels"] != -100).sum())
+    assert 0 <= float(m["ctr_acc"]) <= 1 and -1 <= float(m["neg_cos"]) <= 1 and -1 <= float(m["pos_cos"]) <= 1
+
+
+def test_sft_has_no_contrastive_term(setup):
+    tok, lm, rows = setup
+    cfg = CoinConfig(contrastive=False)
+    with torch.no_grad():
+        out = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg)
+        want = reference_loss(lm, [rows], cfg)
+    assert torch.allclose(out.loss, want, rtol=1e-5)
+    assert float(out.metrics["ctr_weight"]) == 0.0
+
+
+def test_truncated_labels_give_finite_loss_and_gradients(setup):
+    tok, lm, rows = setup
+    cut = [dict(r, prompt_len=len(r["input_ids"]), para_prompt_len=len(r["para_input_ids"])) for r in rows]
+    batch = collate(cut, tok.pad_token_id)
+    assert (batch["labels"] == -100).all()
+    lm.zero_grad()
+    out = coin_step(CoinModel(lm), batch, CoinConfig())
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lm.parameters())
+    lm.zero_grad()
+
+
+def test_single_pair_pool_is_finite(setup):
+    tok, lm, rows = setup
+    with torch.no_grad():
+        out = coin_step(CoinModel(lm), collate(rows[:1], tok.pad_token_id), CoinConfig())
+    assert torch.isfinite(out.loss) and float(out.metrics["ctr_loss"]) == 0.0
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 8])
+def test_lean_lm_loss_equals_full_logits(chunks):
+    torch.manual_seed(0)
+    n, t, d, v = 4, 40, 16, 500
+    hidden = torch.randn(n, t, d, requires_grad=True)
+    head = torch.nn.Linear(d, v, bias=False)
+    labels = torch.randint(0, v, (n, t))
+    labels[:, :25] = -100
+    labels[1, :] = -100
+    ce, rows = token_losses(hidden, labels, head, chunks)
+    lean = ce.mean()
+    lean.backward()
+    g_lean, g_head = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad = None
+    head.weight.grad = None
+    naive = torch.nn.functional.cross_entropy(head(hidden)[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1), ignore_index=-100)
+    naive.backward()
+    assert torch.allclose(lean, naive, atol=1e-5)
+    assert torch.allclose(g_lean, hidden.grad, atol=1e-5)
+    assert torch.allclose(g_head, head.weight.grad, atol=1e-5)
+    assert (rows != 1).all() and rows.numel() == int((labels[:, 1:] != -100).sum())
+
+
+def test_odd_batch_is_rejected(setup):
+    tok, lm, rows = setup
+    batch = collate(rows, tok.pad_token_id)
+    batch = {k: (v[:-1] if torch.is_tensor(v) else v) for k, v in batch.items()}
+    with pytest.raises(ValueError, match="even row count"):
+        coin_step(CoinModel(lm), batch, dataclasses.replace(CoinConfig()))
