@@ -91,6 +91,9 @@ def load_task_data(spec: TaskSpec, data_dir: str | None = None, n_examples: int 
     rows: list[dict] = []
     sources = []
     parts = _parts(spec)
+    if len(parts) > 1 and data_dir not in (None, "", "hub") and any(
+            os.path.isfile(p) for p in candidate_paths(spec, data_dir)):
+        parts = [spec]  # one file holds the whole task (what save_examples writes for `mnli`)
     for part in parts:
         if data_dir in (None, "", "hub"):
             part_rows, source = _read_hub(part), f"hub:glue/{part.glue_config}/{part.split}"

@@ -86,3 +86,12 @@ def test_bad_data_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="dev.tsv: line 2: expected at least 5 tab-separated fields"):
         load_task_data(get_task("mrpc"), root)
     assert os.path.join(root, "SST-2", "dev.tsv") in candidate_paths(spec, root)
+
+
+def test_saved_combined_mnli_reads_back(tmp_path):
+    """save_examples writes the combined `mnli` task as one file; load_task_data reads that file."""
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": w}
+            for i, w in enumerate(["entailment", "neutral", "contradiction"])]
+    save_examples(get_task("mnli"), rows, str(tmp_path))
+    data = load_task_data(get_task("mnli"), str(tmp_path), n_examples=0)
+    assert data.labels == [0, 1, 2] and data.total == 3
