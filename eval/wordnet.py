@@ -46,8 +46,8 @@ class Synset:
 
 def candidate_dirs() -> list[str]:
     dirs = []
-    if os.environ.get("WORDNET_DIR"):
-        dirs.append(os.environ["WORDNET_DIR"])
+    if os.environ.get("COIN_WORDNET_DIR"):  # the same variable as the wordnet augmentation backend
+        dirs.append(os.environ["COIN_WORDNET_DIR"])
     dirs.append("/usr/share/wordnet")
     nltk_paths = [p for p in os.environ.get("NLTK_DATA", "").split(os.pathsep) if p]
     nltk_paths += [os.path.expanduser("~/nltk_data"), "/usr/share/nltk_data", "/usr/local/share/nltk_data"]
@@ -95,7 +95,7 @@ class WordNet:
         if root is None:
             raise WordNetMissing(
                 "the word-level attacks (textfooler, bertattack) need WordNet: install Debian's "
-                "`wordnet-base` (apt-get install wordnet-base) or set WORDNET_DIR to a WordNet 3 dict directory "
+                "`wordnet-base` (apt-get install wordnet-base) or set COIN_WORDNET_DIR to a WordNet 3 dict directory "
                 f"(looked in {', '.join(candidate_dirs())})"
             )
         if root not in cls._instances:

@@ -35,3 +35,12 @@ def tiny_model_dir() -> str:
     from coin.training.model import tiny_model_dir as build
 
     return build(TinyModelConfig())
+
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory):
+    """One uninterrupted 2-rank ZeRO-3 training run on the tiny model, shared by the training-run
+    tests (resume, preemption, export, TensorBoard): see tests/training/trainer_helpers.py."""
+    from trainer_helpers import straight_run as run
+
+    return run(tmp_path_factory)

@@ -22,13 +22,11 @@ import tempfile
 import torch
 from torch import nn
 
+from coin.paths import cache_root
+
 from .config import ConfigError, ModelConfig, TinyModelConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cache_root() -> str:
-    return os.environ.get("COIN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "coin"))
 
 
 def _llama_vocab_file() -> str:

@@ -26,6 +26,7 @@ import tempfile
 import warnings
 
 from coin.errors import CoinError
+from coin.paths import cache_root
 
 from ..filters import Candidate
 from ..units import Unit
@@ -65,10 +66,6 @@ _WORD = re.compile(r"[A-Za-z]+")
 _READERS: dict[str, object] = {}
 
 
-def _cache_root() -> str:
-    return os.environ.get("COIN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "coin"))
-
-
 def check_wordnet(wordnet_dir: str | None = None) -> str:
     """The WordNet dict directory to use; a `CoinError` naming the Debian packages if it is incomplete."""
     src = wordnet_dir or os.environ.get("COIN_WORDNET_DIR") or DEFAULT_WORDNET_DIR
@@ -98,7 +95,7 @@ def ensure_wordnet(wordnet_dir: str | None = None, nltk_data: str | None = None)
     except ImportError:
         raise CoinError("wordnet backend: needs NLTK (`pip install nltk`)") from None
 
-    root = os.path.abspath(nltk_data or os.path.join(_cache_root(), "nltk_data"))
+    root = os.path.abspath(nltk_data or os.path.join(cache_root(), "nltk_data"))
     dest = os.path.join(root, "corpora", "wordnet")
     stamp = os.path.join(dest, ".coin-source")
     source_id = f"{os.path.abspath(src)} {os.path.getsize(os.path.join(src, 'data.noun'))}"

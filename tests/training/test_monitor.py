@@ -1,0 +1,48 @@
+"""The monitor's arithmetic and its metrics file (rank 0 only), without a run."""
+import json
+
+import pytest
+
+from coin.training.monitor import Monitor
+
+
+def _monitor(tmp_path, start_step=0, enabled=True):
+    return Monitor(str(tmp_path), enabled=enabled, log_every=2, tensorboard=False, progress_bar=True, total_steps=10,
+                   start_step=start_step, world_size=2, num_params=1000, num_layers=2, hidden_size=8, peak_tflops=1e-9)
+
+
+def _record(step, loss=1.0):
+    return {"step": step, "loss": loss, "gen_loss": loss, "ctr_loss": 0.0, "ctr_weight": 1.0, "ctr_acc": 1.0,
+            "pos_cos": 0.9, "neg_cos": 0.1, "pool_size": 4.0, "lr": 1e-3, "grad_norm": 1.0, "tokens": 400.0,
+            "samples": 4, "step_time_s": 0.5}
+
+
+def test_perf_counts_mfu_per_device(tmp_path):
+    m = _monitor(tmp_path)
+    p = m.perf(tokens=400, samples=4, seconds=2.0)
+    assert p["tokens_per_s"] == 200 and p["samples_per_s"] == 2
+    flops_per_token = 6 * 1000 + 12 * 2 * 8 * 50  # mean sequence: 400 tokens / (4 samples x 2 views)
+    assert p["mfu"] == pytest.approx(flops_per_token * 200 / (1e-9 * 1e12 * 2))
+    m.close()
+
+
+def test_log_lines_and_resume_truncation(tmp_path, capsys):
+    m = _monitor(tmp_path)
+    for step in (1, 2, 3):
+        m.log_step(_record(step))
+    m.close()
+    out = capsys.readouterr().out
+    assert "step 2/10 | loss 1.0000" in out and "step 3/10" not in out  # one line per log_every=2 steps
+    m = _monitor(tmp_path, start_step=2)  # resumed from the step-2 checkpoint: step 3 is dropped
+    m.log_step(_record(3, loss=2.0))
+    m.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in lines] == [(1, 1.0), (2, 1.0), (3, 2.0)]
+
+
+def test_other_ranks_write_nothing(tmp_path):
+    m = _monitor(tmp_path / "r1", enabled=False)
+    m.log_step(_record(1))
+    m.event("checkpoint", "x", step=1)
+    m.close()
+    assert not (tmp_path / "r1").exists()

@@ -1,0 +1,156 @@
+"""The one seam between coin and DeepSpeed (in the spirit of OpenRLHF's DeepspeedStrategy).
+
+Nothing else in the training code imports deepspeed for training: the trainer builds an `Engine`
+and calls its few methods. Every method marked *collective* must be called by every rank, in the
+same order (ZeRO-3 gathers and partitions parameters inside them).
+
+    engine = Engine(model, ds_config, optim_cfg, total_steps)   # deepspeed.initialize + our LR schedule
+    out = coin_step(engine.model, batch, ...)                   # forward through the DeepSpeed engine
+    engine.backward(out.loss)                                   # the loss as the step returns it
+    if engine.step():                                           # True at an accumulation boundary
+        engine.grad_norm(), engine.lr()
+    engine.save_checkpoint(root, tag, client_state)             # collective
+    client_state = engine.load_checkpoint(root, tag)            # collective
+    state_dict = engine.consolidated_state_dict()               # collective; full weights on rank 0
+
+Gradient accumulation is DeepSpeed's: `backward` divides the loss by the accumulation steps and
+`step` applies the optimiser only at a boundary. The LR schedule (schedule.py) is handed to
+`deepspeed.initialize` as a callable, so DeepSpeed steps it once per optimiser step and keeps its
+state in the checkpoint.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+from .schedule import build_scheduler
+
+# DeepSpeed's ZeRO collectives (also those of zero.Init while a model loads) call torch APIs
+# deprecated in recent releases: one warning per call, several per step, would drown the log.
+warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+
+
+class Engine:
+    def __init__(self, model: nn.Module, ds_config: dict, ocfg: OptimConfig, total_steps: int):
+        import deepspeed
+
+        ds_config = dict(ds_config)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = None
+        if "optimizer" not in ds_config:  # the run config still decides: plain AdamW from optim.*
+            optimizer = torch.optim.AdamW(
+                params, lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps, weight_decay=ocfg.weight_decay
+            )
+            ds_config["zero_allow_untested_optimizer"] = True
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=params,
+            optimizer=optimizer,
+            config=ds_config,
+            lr_scheduler=lambda opt: build_scheduler(opt, ocfg, total_steps),
+            dist_init_required=False,
+        )
+        self.gradient_accumulation_steps = int(self.ds.gradient_accumulation_steps())
+        self.zero_stage = int(self.ds.zero_optimization_stage())
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def model(self) -> nn.Module:
+        """What the CoIN step calls: the DeepSpeed engine (its forward runs ZeRO-3's hooks)."""
+        return self.ds
+
+    @property
+    def module(self) -> nn.Module:
+        """The wrapped CoinModel (its parameters are partitioned under ZeRO-3)."""
+        return self.ds.module
+
+    @property
+    def device(self) -> torch.device:
+        return self.ds.device
+
+    def train(self) -> None:
+        self.ds.train()
+
+    def eval(self) -> None:
+        self.ds.eval()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> bool:
+        """Finish a micro-step; returns True when it was an accumulation boundary (optimiser stepped)."""
+        boundary = self.ds.is_gradient_accumulation_boundary()
+        self.ds.step()
+        return bool(boundary)
+
+    def grad_norm(self) -> float | None:
+        """Global gradient norm of the last optimiser step, before clipping (None where DeepSpeed has none)."""
+        norm = self.ds.get_global_grad_norm()
+        if norm is None:
+            return None
+        return float(norm.item() if torch.is_tensor(norm) else norm)
+
+    def lr(self) -> float:
+        return float(self.ds.get_lr()[0])
+
+    def zero_grad(self) -> None:
+        self.ds.zero_grad()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, root: str, tag: str, client_state: dict) -> None:
+        """Collective. Model, optimiser, scheduler and `client_state` under root/tag.
+
+        DeepSpeed's own `latest` file is NOT written: checkpoint.py writes it once the whole
+        checkpoint (ours included) is complete.
+        """
+        self.ds.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+
+    def load_checkpoint(self, root: str, tag: str) -> dict:
+        """Collective. Restores model, optimiser and scheduler; returns the client state."""
+        path, client_state = self.ds.load_checkpoint(
+            root, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            from coin.errors import CoinError
+
+            raise CoinError(f"checkpoint {root}/{tag}: DeepSpeed could not load it")
+        return client_state or {}
+
+    # ------------------------------------------------------------------ weights
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Collective. The full (unpartitioned) weights of the wrapped module, on CPU, on rank 0.
+
+        Parameters are gathered one at a time (peak extra memory: the largest tensor), in the
+        module's parameter dtype (fp32, or bf16/fp16 when training in 16 bits). Other ranks get None.
+        """
+        import deepspeed
+        import torch.distributed as dist
+
+        is_main = not dist.is_initialized() or dist.get_rank() == 0
+        state: dict[str, torch.Tensor] = {}
+        for name, param in self.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None, enabled=hasattr(param, "ds_id")):
+                if is_main:
+                    state[name] = param.detach().to("cpu", copy=True)
+        if not is_main:
+            return None
+        persistent = set(self.module.state_dict().keys())
+        for name, buf in self.module.named_buffers():
+            if name in persistent:
+                state[name] = buf.detach().to("cpu", copy=True)
+        return state
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Collective. Full-vocabulary logits of the wrapped causal LM (for checks and tests)."""
+        lm = self.module.lm
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = lm(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False)
+        return out.logits.float().cpu()

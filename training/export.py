@@ -1,0 +1,161 @@
+"""Export: a Hugging Face model directory any HF tool can load.
+
+    coin export CKPT_DIR OUT_DIR
+
+CKPT_DIR is a run output directory, its `checkpoints/` directory or one `checkpoints/step_N`
+directory (the newest complete checkpoint is used for the first two). OUT_DIR receives
+
+    model.safetensors (or sharded *.safetensors + index)   consolidated weights
+    config.json, generation_config.json                     the model's configs
+    tokenizer files                                         the run's tokenizer (pad token set)
+    coin_run_config.yaml                                    the run config
+    coin_final_metrics.json                                 the run's final metrics (when known)
+
+and loads with `AutoModelForCausalLM.from_pretrained(OUT_DIR)` / `AutoTokenizer.from_pretrained`.
+
+From a checkpoint the ZeRO shards are consolidated offline, in one process without a GPU
+(DeepSpeed's zero_to_fp32), then cast to the run's `model.dtype`. At the end of a run the same
+directory is written from the live engine (`<output.dir>/hf`): the parameters are gathered from
+the ranks, so no checkpoint round-trip is needed. Both paths give identical weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+import yaml
+
+from coin.errors import CoinError
+
+from . import checkpoint as ckpt
+from .config import dump_yaml
+
+RUN_CONFIG_NAME = "coin_run_config.yaml"
+FINAL_METRICS_NAME = "coin_final_metrics.json"
+
+
+def write_hf_dir(state_dict: dict[str, torch.Tensor], hf_config_dir: str, out_dir: str, *,
+                 run_config_yaml: str | None = None, final_metrics: dict | None = None,
+                 max_shard_size: str = "5GB") -> None:
+    """Write weights (keys of a CoinModel: `lm.` + the HF causal LM's names) as an HF directory.
+
+    `hf_config_dir` holds config.json, generation_config.json and the tokenizer files. No model
+    is instantiated (inside a ZeRO-3 run transformers would partition it): the tensors go
+    straight to safetensors shards (huggingface_hub's `save_torch_state_dict`, the writer
+    `save_pretrained` uses), with the tied output head left out as `save_pretrained` does.
+    """
+    from huggingface_hub import save_torch_state_dict
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(hf_config_dir)
+    weights = {k[len("lm."):] if k.startswith("lm.") else k: v for k, v in state_dict.items()}
+    if getattr(config, "tie_word_embeddings", False):
+        weights.pop("lm_head.weight", None)  # tied to the input embeddings: rebuilt on load
+    if not weights:
+        raise CoinError(f"export: no weights to write for {hf_config_dir}/config.json")
+    os.makedirs(out_dir, exist_ok=True)
+    save_torch_state_dict(weights, out_dir, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    config.save_pretrained(out_dir)
+    if os.path.isfile(os.path.join(hf_config_dir, "generation_config.json")):
+        GenerationConfig.from_pretrained(hf_config_dir).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(hf_config_dir).save_pretrained(out_dir)
+    if run_config_yaml is not None:
+        ckpt.write_atomic(os.path.join(out_dir, RUN_CONFIG_NAME), run_config_yaml)
+    if final_metrics is not None:
+        ckpt.write_atomic(os.path.join(out_dir, FINAL_METRICS_NAME), json.dumps(final_metrics, indent=1) + "\n")
+
+
+def export_from_engine(trainer, out_dir: str) -> None:
+    """Collective (end of a run): gather the weights from every rank, rank 0 writes `out_dir`."""
+    from . import dist
+
+    state = trainer.engine.consolidated_state_dict()
+    if trainer.is_main:
+        tmp_meta = os.path.join(trainer.out_dir, ".hf_config_export")
+        shutil.rmtree(tmp_meta, ignore_errors=True)
+        trainer.save_hf_config(tmp_meta)
+        final = _read_json(os.path.join(trainer.out_dir, "final_metrics.json"))
+        _replace_dir(out_dir, lambda tmp: write_hf_dir(state, tmp_meta, tmp, run_config_yaml=dump_yaml(trainer.cfg),
+                                                        final_metrics=final))
+        shutil.rmtree(tmp_meta, ignore_errors=True)
+        trainer.monitor.print(f"exported the model to {out_dir} (AutoModelForCausalLM.from_pretrained loads it)")
+    dist.barrier()
+
+
+def export_checkpoint(path: str, out_dir: str) -> str:
+    """Consolidate a (ZeRO) checkpoint offline into an HF directory; returns the tag used."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from .model import DTYPES
+
+    root, tag = ckpt.resolve_checkpoint(path)
+    tag_dir = os.path.join(root, tag)
+    hf_config_dir = os.path.join(tag_dir, ckpt.HF_CONFIG)
+    if not os.path.isdir(hf_config_dir):
+        raise CoinError(f"checkpoint {tag_dir}: no {ckpt.HF_CONFIG}/ (not written by coin train)")
+    run_yaml = _read_text(os.path.join(tag_dir, ckpt.RUN_CONFIG))
+    # the run's dtype, read from the saved config without validating it (its paths may not exist here)
+    run = (yaml.safe_load(run_yaml) or {}) if run_yaml is not None else {}
+    name = (run.get("model") or {}).get("dtype", "fp32")
+    if name not in DTYPES:
+        raise CoinError(f"{tag_dir}/{ckpt.RUN_CONFIG}: model.dtype: expected one of {', '.join(DTYPES)}, got {name!r}")
+    dtype = DTYPES[name]
+    state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    final = _read_json(os.path.join(os.path.dirname(root), "final_metrics.json"))
+    if final is not None and final.get("step") != ckpt.step_of(tag):
+        final = None  # metrics of another step: do not mislabel them
+    _replace_dir(out_dir, lambda tmp: write_hf_dir(state, hf_config_dir, tmp, run_config_yaml=run_yaml,
+                                                    final_metrics=final))
+    return tag
+
+
+def _replace_dir(out_dir: str, write) -> None:
+    """Write into a temporary sibling, then swap it in: OUT_DIR is complete or untouched."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        if os.path.isdir(out_dir):
+            old = tmp + ".old"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _read_text(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _read_json(path: str) -> dict | None:
+    text = _read_text(path)
+    return json.loads(text) if text else None
+
+
+# ----------------------------------------------------------------------------- `coin export`
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("ckpt_dir", metavar="CKPT_DIR",
+                        help="a run output directory, its checkpoints/ directory, or one checkpoints/step_N directory")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="where to write the Hugging Face model directory")
+
+
+def main(args) -> int:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation needs no accelerator
+    tag = export_checkpoint(args.ckpt_dir, args.out_dir)
+    print(f"coin export: {tag} -> {args.out_dir}")
+    return 0
