@@ -1,11 +1,12 @@
 """Does CoIN make a model more robust to reworded instructions? A small-scale experiment on CPU.
 
 The same tiny LLaMA, from the same initialisation, on the same demo data (originals + template
-paraphrases), with the same steps and seeds, trained twice on 2 ranks under ZeRO-3:
+paraphrases), with the same steps and seeds, trained on 2 ranks under ZeRO-3, once per arm:
 
-    coin   the contrastive term on (configs/tiny.yaml: tau 0.05, lambda 1000, last-token pooling)
-    sft    the paper's baseline, continual instruction tuning: `coin.contrastive: false`, the
-           generation loss on the same originals and paraphrases
+    coin          the contrastive term on (configs/tiny.yaml: tau 0.05, lambda 1000, last-token pooling)
+    coin-lambda1  the same with lambda 1: the contrastive term never outweighs the generation loss
+    sft           the paper's baseline, continual instruction tuning: `coin.contrastive: false`, the
+                  generation loss on the same originals and paraphrases
 
 Both are evaluated on the demo's held-out instruction templates (never seen in training), clean
 and perturbed at the character, word, sentence and semantic levels, on the same examples:
@@ -24,6 +25,12 @@ import time
 
 OUT = os.environ.get("COIN_BENCH_ROBUSTNESS_DIR", "runs/bench_robustness")
 LEVELS = ["clean", "character", "word", "sentence", "semantic"]
+ARMS = [("coin", []), ("coin-lambda1", ["coin.max_weight=1"]), ("sft", ["coin.contrastive=false"])]
+ARM_TEXT = {
+    "coin": "CoIN with the paper's settings (adaptive weight, lambda 1000)",
+    "coin-lambda1": "CoIN with lambda 1 (w = min(1, L_gen / L_ctr))",
+    "sft": "continual instruction tuning, the paper's baseline (contrastive term off, same originals + paraphrases)",
+}
 
 
 def _coin(*args: str) -> None:
@@ -44,7 +51,7 @@ def _experiment(quick: bool) -> dict:
           "--output", os.path.join(data, "train.augmented.jsonl"), "--no-progress")
     _coin("pairs", os.path.join(data, "train.augmented.jsonl"), "--output", os.path.join(data, "train.pairs.jsonl"))
     timings = {}
-    for name, extra in (("coin", []), ("sft", ["coin.contrastive=false"])):
+    for name, extra in ARMS:
         start = time.time()
         _coin("train", "--config", "configs/tiny.yaml", "--nproc", "2", f"data.train={data}/train.pairs.jsonl",
               "data.eval=null", f"output.dir={OUT}/{name}", "output.resume=never", f"optim.max_steps={steps}",
@@ -52,37 +59,52 @@ def _experiment(quick: bool) -> dict:
         timings[name] = time.time() - start
     glue = write_eval_data(data, os.path.join(data, "glue"))
     start = time.time()
-    _coin("eval", "--model", f"{OUT}/coin/hf", "--model", f"{OUT}/sft/hf", "--model-name", "coin", "--model-name", "sft",
-          "--tasks", TASKS, "--data", glue, "--instructions", "generated:" + os.path.join(data, "heldout_templates.json"),
+    models = [a for name, _ in ARMS for a in ("--model", f"{OUT}/{name}/hf")]
+    names = [a for name, _ in ARMS for a in ("--model-name", name)]
+    _coin("eval", *models, *names, "--tasks", TASKS, "--data", glue,
+          "--instructions", "generated:" + os.path.join(data, "heldout_templates.json"),
           "--n-examples", str(eval_examples), "--representation", "cola", "--representation-examples", str(eval_examples),
           "--out", f"{OUT}/eval", "--no-progress")
     timings["eval"] = time.time() - start
     results = json.load(open(f"{OUT}/eval/results.json"))
-    finals = {name: json.load(open(f"{OUT}/{name}/final_metrics.json")) for name in ("coin", "sft")}
+    training = {name: _training_summary(f"{OUT}/{name}/metrics.jsonl") for name, _ in ARMS}
     return {"steps": steps, "per_task": per_task, "eval_examples": eval_examples, "results": results,
-            "finals": finals, "timings": timings, "seconds": time.time() - t0}
+            "training": training, "timings": timings, "seconds": time.time() - t0}
+
+
+def _training_summary(path: str) -> dict:
+    """Means over the last 10% of steps, and the mean gradient norm (before clipping) over the run."""
+    rows = [json.loads(line) for line in open(path) if '"kind": "train"' in line]
+    tail = rows[-max(1, len(rows) // 10):]
+    mean = lambda key, rs: sum(float(r[key]) for r in rs) / len(rs)  # noqa: E731
+    return {"gen_loss": mean("gen_loss", tail), "ctr_acc": mean("ctr_acc", tail), "ctr_weight": mean("ctr_weight", tail),
+            "grad_norm": mean("grad_norm", rows)}
 
 
 def _section(exp: dict) -> str:
     models = exp["results"]["models"]
+    arms = [name for name, _ in ARMS]
+    t = exp["timings"]
     lines = [
         "## Small-scale experiment: CoIN vs continual instruction tuning (tiny LLaMA, CPU)",
         "",
         f"Demo data: 8 GLUE-like tasks, {exp['per_task']} training examples per task, each with a template "
-        f"paraphrase; {exp['steps']} optimiser steps of 8 examples (2 ranks x 4), same initialisation, seeds and data "
-        f"for both runs; evaluation on the held-out templates, {exp['eval_examples']} examples per task, 6 instructions "
-        "per task, each clean and under 7 attacks. Command: `python benchmarks/bench_robustness.py` "
-        f"(total {exp['seconds'] / 60:.1f} min: CoIN training {exp['timings']['coin']:.0f} s, SFT training "
-        f"{exp['timings']['sft']:.0f} s, evaluation of both {exp['timings']['eval']:.0f} s).",
+        f"paraphrase; {exp['steps']} optimiser steps of 8 examples (2 ranks x 4, ZeRO-3), the same initialisation, "
+        f"seeds and data for every arm; evaluation on the held-out templates (never trained on), "
+        f"{exp['eval_examples']} examples per task, 6 instructions per task, each clean and under 7 attacks, "
+        "label-likelihood scoring. Arms: " + "; ".join(f"`{n}` = {ARM_TEXT[n]}" for n in arms) + ". "
+        "Command: `python benchmarks/bench_robustness.py` "
+        f"(total {exp['seconds'] / 60:.1f} min; training " + ", ".join(f"{n} {t[n]:.0f} s" for n in arms)
+        + f"; evaluation {t['eval']:.0f} s).",
         "",
-        "Consistency: % of answers equal to the answer under the clean instruction (overall, pairwise "
-        f"agreement across all variants: CoIN {100 * models['coin']['overall']['consistency']['overall']:.1f}, "
-        f"SFT {100 * models['sft']['overall']['consistency']['overall']:.1f}).",
+        "Accuracy: mean over instructions, averaged over tasks; std: population std over the instructions of a level, "
+        "averaged over tasks (the paper's Figure 3). Consistency: % of answers equal to the answer under the clean "
+        "instruction. cos: mean cosine between clean and perturbed last-token representations (CoLA inputs).",
         "",
-        "| level | CoIN acc (%) | CoIN std | SFT acc (%) | SFT std | CoIN consistency (%) | SFT consistency (%) | CoIN clean-vs-perturbed cos | SFT cos |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| level | " + " | ".join(f"{n} acc (%) | {n} std" for n in arms) + " | "
+        + " | ".join(f"{n} consistency (%)" for n in arms) + " | " + " | ".join(f"{n} cos" for n in arms) + " |",
+        "|---|" + "---:|" * (4 * len(arms)),
     ]
-    c, s = models["coin"], models["sft"]
 
     def cons(m, level):
         if level == "clean":
@@ -95,13 +117,17 @@ def _section(exp: dict) -> str:
         return "" if value is None else f"{value:.3f}"
 
     for level in LEVELS:
-        a, b = c["overall"]["by_level"][level], s["overall"]["by_level"][level]
-        lines.append(f"| {level} | {100 * a['accuracy']:.1f} | {100 * a['std']:.1f} | {100 * b['accuracy']:.1f} | "
-                     f"{100 * b['std']:.1f} | {cons(c, level)} | {cons(s, level)} | {cos(c, level)} | {cos(s, level)} |")
-    fc, fs = exp["finals"]["coin"]["train"], exp["finals"]["sft"]["train"]
-    lines += ["", "Final training metrics (last logged interval): "
-              + ", ".join(f"{k} coin {fc.get(k, float('nan')):.3f} / sft {fs.get(k, float('nan')):.3f}"
-                          for k in ("gen_loss", "ctr_acc", "pos_cos", "neg_cos") if k in fc), ""]
+        cells = []
+        for n in arms:
+            a = models[n]["overall"]["by_level"][level]
+            cells += [f"{100 * a['accuracy']:.1f}", f"{100 * a['std']:.1f}"]
+        cells += [cons(models[n], level) for n in arms] + [cos(models[n], level) for n in arms]
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    lines += ["", "Training (means over the last 10% of steps; gradient norm before clipping, mean over the run):", "",
+              "| arm | generation loss | contrastive accuracy | effective weight w | gradient norm |", "|---|---:|---:|---:|---:|"]
+    for n in arms:
+        tr = exp["training"][n]
+        lines.append(f"| {n} | {tr['gen_loss']:.3f} | {tr['ctr_acc']:.3f} | {tr['ctr_weight']:.1f} | {tr['grad_norm']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -119,7 +119,7 @@ class LoggingConfig:
     tensorboard: bool = True
     progress_bar: bool = True  # shown on rank 0 when stderr is a terminal
     peak_tflops: float = 989.0  # per device, for MFU (H100 SXM dense bf16)
-    max_nonfinite_steps: int = 3  # stop after this many consecutive non-finite losses
+    max_nonfinite_steps: int = 3  # stop after this many consecutive non-finite losses (0: never stop, skip them)
 
 
 @dataclass

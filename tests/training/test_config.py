@@ -1,10 +1,12 @@
 """The run config: every class of bad input is a one-line error naming the key."""
 import json
+import pathlib
 
 import pytest
 
 from coin.training.config import ConfigError, deepspeed_config, load_config
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 REPO_CONFIGS = ["configs/tiny.yaml", "configs/llama2_7b_coin.yaml", "configs/llama2_7b_sft.yaml"]
 
 
@@ -25,7 +27,7 @@ def _error(*args, **kwargs) -> str:
 
 @pytest.mark.parametrize("path", REPO_CONFIGS)
 def test_repository_configs_are_valid(path, monkeypatch):
-    monkeypatch.chdir(__import__("conftest").REPO)
+    monkeypatch.chdir(REPO)
     cfg = load_config(path, check_paths=False)
     ds = deepspeed_config(cfg, world_size=8, hidden_size=4096)
     assert ds["train_batch_size"] == cfg.optim.micro_batch_size * cfg.optim.gradient_accumulation_steps * 8
@@ -33,7 +35,7 @@ def test_repository_configs_are_valid(path, monkeypatch):
 
 
 def test_paper_settings_in_the_7b_config(monkeypatch):
-    monkeypatch.chdir(__import__("conftest").REPO)
+    monkeypatch.chdir(REPO)
     cfg = load_config("configs/llama2_7b_coin.yaml", check_paths=False)
     assert (cfg.coin.temperature, cfg.coin.max_weight, cfg.coin.pooling, cfg.coin.gen_loss) == (0.05, 1000.0, "last", "both")
     assert (cfg.data.max_length, cfg.optim.warmup_ratio, cfg.optim.seed, cfg.optim.epochs) == (256, 0.1, 42, 1)
@@ -41,7 +43,7 @@ def test_paper_settings_in_the_7b_config(monkeypatch):
 
 
 def test_overrides_are_typed(monkeypatch, train_file):
-    monkeypatch.chdir(__import__("conftest").REPO)
+    monkeypatch.chdir(REPO)
     cfg = load_config("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", "optim.lr=1e-4",
                                             "coin.gather=false", "optim.max_steps=7", "coin.temperature=0.1"])
     assert cfg.optim.lr == 1e-4 and cfg.coin.gather is False and cfg.optim.max_steps == 7 and cfg.coin.temperature == 0.1
@@ -68,12 +70,12 @@ def test_overrides_are_typed(monkeypatch, train_file):
     ],
 )
 def test_bad_values(monkeypatch, train_file, override, expected):
-    monkeypatch.chdir(__import__("conftest").REPO)
+    monkeypatch.chdir(REPO)
     assert expected in _error("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", override])
 
 
 def test_missing_paths(monkeypatch, train_file, tmp_path):
-    monkeypatch.chdir(__import__("conftest").REPO)
+    monkeypatch.chdir(REPO)
     assert "data.train: path 'nope.jsonl' does not exist" in _error("configs/tiny.yaml", ["data.train=nope.jsonl"])
     assert "config file 'missing.yaml' does not exist" in _error("missing.yaml")
     assert "deepspeed.config: file 'ds_configs/none.json' does not exist" in _error(
@@ -83,7 +85,7 @@ def test_missing_paths(monkeypatch, train_file, tmp_path):
 
 
 def test_micro_batch_must_match_the_deepspeed_file(monkeypatch, train_file, tmp_path):
-    monkeypatch.chdir(__import__("conftest").REPO)
+    monkeypatch.chdir(REPO)
     ds = json.load(open("ds_configs/cpu_zero3.json"))
     ds["train_micro_batch_size_per_gpu"] = 16
     path = tmp_path / "ds.json"
@@ -93,7 +95,7 @@ def test_micro_batch_must_match_the_deepspeed_file(monkeypatch, train_file, tmp_
 
 
 def test_precision_must_match_the_deepspeed_file(monkeypatch, train_file, tmp_path):
-    monkeypatch.chdir(__import__("conftest").REPO)
+    monkeypatch.chdir(REPO)
     ds = json.load(open("ds_configs/cpu_zero3.json"))
     ds["bf16"] = {"enabled": True}
     path = tmp_path / "ds.json"
@@ -103,7 +105,7 @@ def test_precision_must_match_the_deepspeed_file(monkeypatch, train_file, tmp_pa
 
 
 def test_scheduler_block_is_refused(monkeypatch, train_file, tmp_path):
-    monkeypatch.chdir(__import__("conftest").REPO)
+    monkeypatch.chdir(REPO)
     ds = json.load(open("ds_configs/cpu_zero3.json"))
     ds["scheduler"] = {"type": "WarmupLR"}
     path = tmp_path / "ds.json"
