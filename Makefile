@@ -8,7 +8,6 @@ export OMP_NUM_THREADS ?= 1
 
 .installed: setup.py scripts/install.sh
 	bash scripts/install.sh
-	touch .installed
 
 install: .installed
 

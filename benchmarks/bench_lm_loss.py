@@ -18,15 +18,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
+
+from memory import time_and_peak
 
 SEQ, MICRO_BATCH, RESPONSE = 512, 8, 32
 
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _measure(variant: str, labelled: str, repeats: int) -> dict:
@@ -61,24 +57,8 @@ def _measure(variant: str, labelled: str, repeats: int) -> dict:
         lm.zero_grad(set_to_none=True)
 
     step()  # warm-up (allocator, lazy init)
-    peak, stop = [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.0005)
-
-    times = []
-    base = _rss()
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    stop.set()
-    thread.join()
-    return {"variant": variant, "labelled": labelled, "peak_mib": (peak[0] - base) / 2**20, "step_s": min(times)}
+    times, peak_mib = time_and_peak(step, repeats)
+    return {"variant": variant, "labelled": labelled, "peak_mib": peak_mib, "step_s": min(times)}
 
 
 def _child(variant: str, labelled: str, repeats: int) -> dict:

@@ -22,8 +22,9 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
+
+from memory import time_and_peak
 
 SEQ, MICRO_BATCH, RESPONSE = 256, 4, 16
 MODEL = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
@@ -88,10 +89,6 @@ def _distributed_child(rounds: int) -> None:
     dist.shutdown(0)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
 
 def _single_child(variant: str, repeats: int) -> None:
     import torch
@@ -123,25 +120,9 @@ def _single_child(variant: str, repeats: int) -> None:
         loss.backward()
         lm.zero_grad(set_to_none=True)
 
-    step()
-    peak, stop = [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.0005)
-
-    base = _rss()
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    stop.set()
-    thread.join()
-    print("RESULT " + json.dumps({"step_s": statistics.median(times), "peak_mib": (peak[0] - base) / 2**20}), flush=True)
+    step()  # warm-up
+    times, peak_mib = time_and_peak(step, repeats)
+    print("RESULT " + json.dumps({"step_s": statistics.median(times), "peak_mib": peak_mib}), flush=True)
 
 
 def _result(cmd: list[str], env: dict) -> dict:

@@ -35,6 +35,8 @@ def available() -> list[str]:
 
 
 def _load(name: str):
+    if bench_dir() not in sys.path:  # the benchmarks share small helpers (benchmarks/memory.py)
+        sys.path.insert(0, bench_dir())
     path = os.path.join(bench_dir(), f"bench_{name}.py")
     spec = importlib.util.spec_from_file_location(f"coin_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)

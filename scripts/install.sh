@@ -25,3 +25,6 @@ if [[ "${1:-}" == "--system" ]]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     wordnet-base wordnet-sense-index slurmctld slurmd slurm-client munge shellcheck g++ ninja-build
 fi
+
+# `make demo` / `make test` install on first use; this marks it done.
+touch .installed

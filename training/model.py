@@ -157,5 +157,22 @@ class CoinModel(nn.Module):
 
     def num_parameters(self) -> int:
         """Parameter count (works on ZeRO-3 partitioned parameters too)."""
-        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters())
+        return sum(_numel(p) for p in self.parameters())
+
+    def flops_per_token(self, seq_len: float, label_fraction: float) -> float:
+        """Training FLOPs per token (forward + backward), for MFU.
+
+        nanoGPT/PaLM's count, adapted to the lean LM loss: 6 x the decoder's matrix parameters
+        (the input embedding is a lookup), + 12 L H T for attention, + 6 x the output head's
+        parameters only for the fraction of tokens that carry a label (the head runs there alone).
+        """
+        cfg = self.lm.config
+        embed, head = self.lm.get_input_embeddings().weight, self.head.weight
+        tied = embed is head
+        body = self.num_parameters() - _numel(embed) - (0 if tied else _numel(head))
+        return 6 * body + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len + 6 * _numel(head) * label_fraction
+
+
+def _numel(p: torch.Tensor) -> int:
+    return getattr(p, "ds_numel", p.numel())
 

@@ -13,8 +13,9 @@ Everything here runs on rank 0 only (other ranks get a Monitor whose methods do 
   terminal and `logging.progress_bar` is on).
 
 Throughput: tokens/s and samples/s over the whole world (real tokens, padding excluded); MFU is
-`flops_per_token * tokens/s / (peak_tflops * 1e12 * world_size)` with nanoGPT's count
-`flops_per_token = 6 N + 12 L H T` (N parameters, L layers, H hidden size, T mean sequence length);
+`flops_per_token * tokens/s / (peak_tflops * 1e12 * world_size)` with nanoGPT's count adapted to
+the lean LM loss (`CoinModel.flops_per_token`): `6 N_decoder + 12 L H T + 6 N_head x label
+fraction` (the input embedding is a lookup; the output head runs on label positions only);
 memory is the peak allocated accelerator memory, or the peak resident memory on CPU, in GiB.
 """
 from __future__ import annotations
@@ -43,15 +44,12 @@ def memory_gb() -> float:
 
 class Monitor:
     def __init__(self, output_dir: str, *, enabled: bool, log_every: int, tensorboard: bool, progress_bar: bool,
-                 total_steps: int, start_step: int, world_size: int, num_params: int, num_layers: int,
-                 hidden_size: int, peak_tflops: float):
+                 total_steps: int, start_step: int, world_size: int, flops_per_token, peak_tflops: float):
         self.enabled = enabled
         self.log_every = log_every
         self.total_steps = total_steps
         self.world_size = world_size
-        self.num_params = num_params
-        self.num_layers = num_layers
-        self.hidden_size = hidden_size
+        self.flops_per_token = flops_per_token  # (mean sequence length, label fraction) -> FLOPs
         self.peak_flops = peak_tflops * 1e12
         self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
         self._interval: list[dict] = []
@@ -105,11 +103,11 @@ class Monitor:
 
     # ------------------------------------------------------------------ throughput
 
-    def perf(self, tokens: float, samples: float, seconds: float) -> dict:
+    def perf(self, tokens: float, label_tokens: float, samples: float, seconds: float) -> dict:
         seconds = max(seconds, 1e-9)
         tokens_per_s = tokens / seconds
         seq_len = tokens / max(samples * 2, 1)  # two sequences (original + paraphrase) per sample
-        flops_per_token = 6 * self.num_params + 12 * self.num_layers * self.hidden_size * seq_len
+        flops_per_token = self.flops_per_token(seq_len, label_tokens / max(tokens, 1))
         return {
             "tokens_per_s": tokens_per_s,
             "samples_per_s": samples / seconds,
@@ -140,8 +138,8 @@ class Monitor:
         mean = {k: sum(r[k] for r in recs) / len(recs)
                 for k in TRAIN_SCALARS if all(r.get(k) is not None for r in recs)}
         mean["lr"] = recs[-1]["lr"]
-        perf = self.perf(sum(r["tokens"] for r in recs), sum(r["samples"] for r in recs),
-                         sum(r["step_time_s"] for r in recs))
+        perf = self.perf(sum(r["tokens"] for r in recs), sum(r["label_tokens"] for r in recs),
+                         sum(r["samples"] for r in recs), sum(r["step_time_s"] for r in recs))
         perf["step_time_s"] = perf["step_time_s"] / len(recs)
         if self.writer is not None:
             for k, v in mean.items():

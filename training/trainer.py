@@ -152,9 +152,7 @@ class Trainer:
         self.monitor = Monitor(
             self.out_dir, enabled=self.is_main, log_every=cfg.logging.log_every, tensorboard=cfg.logging.tensorboard,
             progress_bar=cfg.logging.progress_bar, total_steps=self.total_steps, start_step=self.step,
-            world_size=self.world, num_params=model.num_parameters(),
-            num_layers=hf_config.num_hidden_layers, hidden_size=hf_config.hidden_size,
-            peak_tflops=cfg.logging.peak_tflops,
+            world_size=self.world, flops_per_token=model.flops_per_token, peak_tflops=cfg.logging.peak_tflops,
         )
         if self.is_main:
             run_yaml, ds_json = dump_yaml(cfg), json.dumps(self.ds_config, indent=1)
@@ -242,7 +240,7 @@ class Trainer:
             record = window.record(self.step, self.world * cfg.optim.micro_batch_size)
             record.update(epoch=self.train_data.epoch, lr=lr, grad_norm=engine.grad_norm(),
                           consumed_samples=self.consumed_samples, time=time.time())
-            record.update(self.monitor.perf(record["tokens"], record["samples"], now - t_step))
+            record.update(self.monitor.perf(record["tokens"], record["label_tokens"], record["samples"], now - t_step))
             self.monitor.log_step(record)
             self.last_record = record
             window = _Window()

@@ -8,20 +8,22 @@ from coin.training.monitor import Monitor
 
 def _monitor(tmp_path, start_step=0, enabled=True):
     return Monitor(str(tmp_path), enabled=enabled, log_every=2, tensorboard=False, progress_bar=True, total_steps=10,
-                   start_step=start_step, world_size=2, num_params=1000, num_layers=2, hidden_size=8, peak_tflops=1e-9)
+                   start_step=start_step, world_size=2, peak_tflops=1e-9,
+                   flops_per_token=lambda seq_len, label_fraction: 6 * 1000 + 12 * 2 * 8 * seq_len + 600 * label_fraction)
 
 
 def _record(step, loss=1.0):
     return {"step": step, "loss": loss, "gen_loss": loss, "ctr_loss": 0.0, "ctr_weight": 1.0, "ctr_acc": 1.0,
-            "pos_cos": 0.9, "neg_cos": 0.1, "pool_size": 4.0, "lr": 1e-3, "grad_norm": 1.0, "tokens": 400.0,
+            "pos_cos": 0.9, "neg_cos": 0.1, "pool_size": 4.0, "lr": 1e-3, "grad_norm": 1.0, "tokens": 400.0, "label_tokens": 40.0,
             "samples": 4, "step_time_s": 0.5}
 
 
 def test_perf_counts_mfu_per_device(tmp_path):
     m = _monitor(tmp_path)
-    p = m.perf(tokens=400, samples=4, seconds=2.0)
+    p = m.perf(tokens=400, label_tokens=40, samples=4, seconds=2.0)
     assert p["tokens_per_s"] == 200 and p["samples_per_s"] == 2
-    flops_per_token = 6 * 1000 + 12 * 2 * 8 * 50  # mean sequence: 400 tokens / (4 samples x 2 views)
+    # mean sequence: 400 tokens / (4 samples x 2 views); a tenth of the tokens carry a label
+    flops_per_token = 6 * 1000 + 12 * 2 * 8 * 50 + 600 * 0.1
     assert p["mfu"] == pytest.approx(flops_per_token * 200 / (1e-9 * 1e12 * 2))
     m.close()
 

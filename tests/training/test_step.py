@@ -139,3 +139,12 @@ def test_odd_batch_is_rejected(setup):
     batch = {k: (v[:-1] if torch.is_tensor(v) else v) for k, v in batch.items()}
     with pytest.raises(ValueError, match="even row count"):
         coin_step(CoinModel(lm), batch, dataclasses.replace(CoinConfig()))
+
+
+def test_flops_per_token_counts_the_head_on_label_tokens_only(setup):
+    _, lm, _ = setup
+    cfg = lm.config
+    decoder = sum(p.numel() for n, p in lm.named_parameters() if n.startswith("model.layers.") or n == "model.norm.weight")
+    head = cfg.vocab_size * cfg.hidden_size
+    want = 6 * decoder + 12 * cfg.num_hidden_layers * cfg.hidden_size * 100 + 6 * head * 0.25
+    assert CoinModel(lm).flops_per_token(100, 0.25) == pytest.approx(want)
