@@ -77,10 +77,11 @@ def weight(gen, ctr, cfg):
     return torch.clamp(gen.detach() / ctr.detach(), max=cfg.max_weight)
 
 
-def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool = True, detach_others: bool = False):
+def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool | int = True, detach_others: bool = False):
     """The single-process CoIN loss of a global batch split into ranks' micro-batches.
 
-    gather=True: one pool of every rank's pairs; False: each rank's pool is its own micro-batch.
+    gather=True: one pool of every rank's pairs; False: each rank's pool is its own micro-batch;
+    an int k: pools of k consecutive ranks.
     L = mean_r L_gen_r + w * L_ctr, w from the (mean) detached losses. `detach_others` builds the
     WRONG variant (pooled embeddings of other ranks carry no gradient) to show the test can fail.
     """
@@ -88,7 +89,7 @@ def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool = True, de
     gen = torch.stack(gens).mean()
     if not cfg.contrastive:
         return gen
-    if gather:
+    if gather is True:
         b = os_[0].shape[0]
         o, p = torch.cat(os_), torch.cat(ps)
         if detach_others:
@@ -106,5 +107,8 @@ def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool = True, de
         else:
             ctr = info_nce(o, p, cfg.temperature)
     else:
-        ctr = torch.stack([info_nce(o, p, cfg.temperature) for o, p in zip(os_, ps)]).mean()
+        k = 1 if gather is False else gather
+        pools = [range(start, start + k) for start in range(0, len(rank_rows), k)]
+        ctr = torch.stack([info_nce(torch.cat([os_[r] for r in pool]), torch.cat([ps[r] for r in pool]), cfg.temperature)
+                           for pool in pools]).mean()
     return gen + weight(gen, ctr, cfg) * ctr

@@ -18,17 +18,17 @@ GATHER_CFG = CoinConfig(pooling="last", weighting="adaptive", gen_loss="both", g
 LOCAL_CFG = CoinConfig(pooling="mean", weighting="constant", weight=0.7, gen_loss="original", gather=False)
 
 
-def _engine(model_dir, lr=3e-3):
+def _engine(model_dir, lr=3e-3, world=WORLD, micro_batch=B):
     import deepspeed
 
     from coin.training.model import CoinModel, load_model
 
     cfg = RunConfig()
     cfg.deepspeed.config = REPO_DS
-    cfg.optim.micro_batch_size = B
+    cfg.optim.micro_batch_size = micro_batch
     cfg.optim.lr = lr
     cfg.optim.max_grad_norm = 0.0
-    ds = deepspeed_config(cfg, world_size=WORLD, hidden_size=64)
+    ds = deepspeed_config(cfg, world_size=world, hidden_size=64)
     lm = load_model(ModelConfig(name_or_path=model_dir), ds)
     model = CoinModel(lm)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()], config=ds)
@@ -80,11 +80,11 @@ def distributed_run(tiny_model_dir):
     return rows, run_distributed(_worker, WORLD, args=(tiny_model_dir, rows), timeout=600)[0]
 
 
-def _reference_grads(model_dir, rows, cfg, **kw):
+def _reference_grads(model_dir, rows, cfg, world=WORLD, b=B, **kw):
     from coin.training.model import load_model
 
     lm = load_model(ModelConfig(name_or_path=model_dir))
-    reference_loss(lm, [rows[r * B:(r + 1) * B] for r in range(WORLD)], cfg, **kw).backward()
+    reference_loss(lm, [rows[r * b:(r + 1) * b] for r in range(world)], cfg, **kw).backward()
     return {n: p.grad for n, p in lm.named_parameters()}
 
 
@@ -132,6 +132,38 @@ def test_short_training_run_decreases_both_losses(distributed_run):
     first, last = history[0], history[-3:].mean(dim=0)
     assert last[0] < first[0] * 0.9, res["history"]
     assert last[1] < first[1] * 0.5, res["history"]
+
+
+GROUP_WORLD, GROUP_B = 4, 2
+GROUP_CFG = CoinConfig(pooling="prompt_last", gather=True, gather_group_size=2)
+
+
+def _group_worker(rank, world, model_dir, rows):
+    from coin.training.batch import collate
+    from coin.training.gather import NegativePool
+    from coin.training.model import load_tokenizer
+    from coin.training.step import coin_step
+
+    tok = load_tokenizer(ModelConfig(name_or_path=model_dir))
+    engine = _engine(model_dir, world=world, micro_batch=GROUP_B)
+    pool = NegativePool(enabled=True, group_size=GROUP_CFG.gather_group_size)
+    out = coin_step(engine, collate(rows[rank * GROUP_B:(rank + 1) * GROUP_B], tok.pad_token_id), GROUP_CFG, pool)
+    engine.backward(out.loss)
+    grads = _full_grads(engine)
+    return (grads, float(out.metrics["pool_size"])) if rank == 0 else None
+
+
+def test_pools_of_rank_subgroups(tiny_model_dir):
+    """4 ranks, gather_group_size 2: ranks {0,1} and {2,3} pool their negatives separately."""
+    from coin.training.model import load_tokenizer
+
+    rows = make_rows(load_tokenizer(ModelConfig(name_or_path=tiny_model_dir)), GROUP_WORLD * GROUP_B, seed=11)
+    grads, pool_size = run_distributed(_group_worker, GROUP_WORLD, args=(tiny_model_dir, rows), timeout=600)[0]
+    assert pool_size == 2 * GROUP_B
+    want = _reference_grads(tiny_model_dir, rows, GROUP_CFG, world=GROUP_WORLD, b=GROUP_B, gather=2)
+    assert _max_rel_err(grads, want) < 1e-4
+    everything = _reference_grads(tiny_model_dir, rows, GROUP_CFG, world=GROUP_WORLD, b=GROUP_B, gather=True)
+    assert _max_rel_err(grads, everything) > 1e-2  # the subgroup pool really differs from one global pool
 
 
 def _noop(rank, world):
