@@ -21,6 +21,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def assignments(items, option: str, form: str, error: type[CoinError] = CoinError) -> dict[str, str]:
+    """Repeated `NAME=VALUE` options (`--map`, `--task-alias`, `--label-words`) -> {NAME: VALUE};
+    a malformed item raises `error` (a CoinError) naming the option and the expected `form`."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise error(f"{option}: expected {form}, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="coin", description="Contrastive Instruction Tuning at scale.")
@@ -28,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     if not argv or argv[0] not in COMMANDS:
-        args = parser.parse_args(argv)  # prints help or the unknown-command error
+        parser.parse_args(argv)  # prints help, or the unknown-command error and exits
         parser.print_help()
         return 2
     name = argv[0]

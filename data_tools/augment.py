@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from coin.cli import assignments
 from coin.errors import CoinError
 
 from .atomic import file_fingerprint, text_fingerprint, write_json
@@ -308,16 +309,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
 
 
-def _aliases(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        task, sep, target = item.partition("=")
-        if not sep or not task or not target:
-            raise CoinError(f"--task-alias: expected TASK=TEMPLATES_TASK, got {item!r}")
-        out[task] = target
-    return out
-
-
 def build_backend(args, templates: TemplateSet | None):
     if args.backend == "templates":
         if templates is None:
@@ -369,7 +360,7 @@ def main(args) -> int:
         raise CoinError(f"--num-candidates: expected an integer >= 1, got {args.num_candidates}")
     spec = resolve_shard(args.shard)
     templates = TemplateSet.load(args.templates) if args.templates else None
-    templates = with_aliases(templates, _aliases(args.task_alias))
+    templates = with_aliases(templates, assignments(args.task_alias, "--task-alias", "TASK=TEMPLATES_TASK"))
     filters = FilterConfig(min_length_ratio=args.min_length_ratio, max_length_ratio=args.max_length_ratio,
                            similarity_low=args.similarity_low, similarity_high=args.similarity_high,
                            num_paraphrases=args.num_paraphrases, disabled=frozenset(args.disable_filter))

@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from coin.cli import assignments
 from coin.errors import CoinError
 
 from .readers import read_records, write_records
@@ -72,16 +73,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--skip-invalid", action="store_true")
 
 
-def _map(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        dst, sep, src = item.partition("=")
-        if not sep or not dst or not src:
-            raise CoinError(f"--map: expected FIELD=COLUMN, got {item!r}")
-        out[dst] = src
-    return out
-
-
 def _detect(source: str) -> str:
     if source.lower().endswith((".csv", ".tsv")) and os.path.isfile(source):
         with open(source, encoding="utf-8", errors="replace") as f:
@@ -122,7 +113,7 @@ def cmd_import(args) -> int:
         records, report, notes = import_flan(args.source, templates=templates, seed=args.seed,
                                              skip_invalid=args.skip_invalid, split=args.split)
     else:
-        records, report, notes = import_records(args.source, kind=args.kind, column_map=_map(args.map),
+        records, report, notes = import_records(args.source, kind=args.kind, column_map=assignments(args.map, "--map", "FIELD=COLUMN"),
                                                 defaults=defaults, make_ids=args.make_ids,
                                                 skip_invalid=args.skip_invalid, split=args.split)
     if not records:

@@ -247,13 +247,10 @@ def load_task_file(path: str) -> list[TaskSpec]:
 
 def label_word_overrides(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """`--label-words sst2=bad,good` -> {"sst2": ("bad", "good")}."""
-    out: dict[str, tuple[str, ...]] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise TaskError(f"--label-words '{item}': expected TASK=word0,word1,...")
-        task, words = item.split("=", 1)
-        out[task.strip()] = tuple(w.strip() for w in words.split(","))
-    return out
+    from coin.cli import assignments
+
+    pairs = assignments(items, "--label-words", "TASK=word0,word1,...", error=TaskError)
+    return {task: tuple(w.strip() for w in words.split(",")) for task, words in pairs.items()}
 
 
 # ----------------------------------------------------------------------------- prompts

@@ -35,3 +35,15 @@ def test_results_sections_are_replaced_and_kept(tmp_path):
     text = open(path).read()
     assert "new" in text and "old" not in text and "H100 figures" in text
     assert text.index("## step") < text.index("## gpu")
+
+
+def test_assignments_parse_name_value_options():
+    import pytest
+
+    from coin.cli import assignments
+    from coin.errors import CoinError
+
+    assert assignments(["a=b", " c = d,e "], "--map", "FIELD=COLUMN") == {"a": "b", "c": "d,e"}
+    for bad in ("a", "=b", "a="):
+        with pytest.raises(CoinError, match="--map: expected FIELD=COLUMN"):
+            assignments([bad], "--map", "FIELD=COLUMN")

@@ -84,33 +84,28 @@ def test_missing_paths(monkeypatch, train_file, tmp_path):
         "configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", "model.name_or_path=./no-model"])
 
 
-def test_micro_batch_must_match_the_deepspeed_file(monkeypatch, train_file, tmp_path):
+def _ds_error(monkeypatch, train_file, tmp_path, **changes) -> str:
+    """The error for the tiny config with ds_configs/cpu_zero3.json changed by `changes`."""
     monkeypatch.chdir(REPO)
     ds = json.load(open("ds_configs/cpu_zero3.json"))
-    ds["train_micro_batch_size_per_gpu"] = 16
+    ds.update(changes)
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(ds))
-    msg = _error("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", f"deepspeed.config={path}"])
+    return _error("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", f"deepspeed.config={path}"])
+
+
+def test_micro_batch_must_match_the_deepspeed_file(monkeypatch, train_file, tmp_path):
+    msg = _ds_error(monkeypatch, train_file, tmp_path, train_micro_batch_size_per_gpu=16)
     assert "optim.micro_batch_size" in msg and "train_micro_batch_size_per_gpu=16" in msg
 
 
 def test_precision_must_match_the_deepspeed_file(monkeypatch, train_file, tmp_path):
-    monkeypatch.chdir(REPO)
-    ds = json.load(open("ds_configs/cpu_zero3.json"))
-    ds["bf16"] = {"enabled": True}
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps(ds))
-    msg = _error("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", f"deepspeed.config={path}"])
+    msg = _ds_error(monkeypatch, train_file, tmp_path, bf16={"enabled": True})
     assert "model.dtype" in msg and "bf16.enabled=True" in msg
 
 
 def test_scheduler_block_is_refused(monkeypatch, train_file, tmp_path):
-    monkeypatch.chdir(REPO)
-    ds = json.load(open("ds_configs/cpu_zero3.json"))
-    ds["scheduler"] = {"type": "WarmupLR"}
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps(ds))
-    assert "optim.schedule" in _error("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", f"deepspeed.config={path}"])
+    assert "optim.schedule" in _ds_error(monkeypatch, train_file, tmp_path, scheduler={"type": "WarmupLR"})
 
 
 def test_bad_yaml(tmp_path):
