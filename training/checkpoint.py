@@ -145,9 +145,12 @@ def prune(root: str, keep_last: int) -> list[str]:
 
 
 def rng_state() -> dict:
+    """This process's RNG states, as tensors and plain values only: the file loads with
+    `torch.load(weights_only=True)`, no pickle of arbitrary objects."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -157,7 +160,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -175,7 +179,7 @@ def load_rng(root: str, tag: str, rank: int) -> None:
     path = rng_path(root, tag, rank)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {os.path.join(root, tag)}: no RNG state for rank {rank} ({path})")
-    set_rng_state(torch.load(path, weights_only=False))
+    set_rng_state(torch.load(path, weights_only=True))
 
 
 # ----------------------------------------------------------------------------- resume
