@@ -16,12 +16,10 @@ never qualify: their output differs.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Mapping
 
-from coin.errors import CoinError
+from coin.errors import CoinError, read_json
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 OPTIONS_HEADER = "OPTIONS:"
@@ -104,14 +102,7 @@ class TemplateSet:
 
     @classmethod
     def load(cls, path: str) -> "TemplateSet":
-        if not os.path.isfile(path):
-            raise TemplateError(f"{path}: templates file does not exist")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TemplateError(f"{path}: not valid JSON ({e})") from None
-        return cls(data, source=path)
+        return cls(read_json(path, TemplateError, what="templates file"), source=path)
 
     def __contains__(self, task: str) -> bool:
         return task in self.patterns

@@ -28,11 +28,12 @@ next to adv_prompts/, else from the file's `## translation` block.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
+
+from coin.errors import read_json
 
 from .instructions import Instruction, InstructionFileError, InstructionSet
 from .tasks import ATTACKS, TaskSpec
@@ -218,11 +219,7 @@ def parse_adv_markdown(path: str, strict: bool = False) -> AdvFile:
 
 
 def _read_json_object(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_json(path, PromptFileError, what="prompt file")
     if not isinstance(data, dict):
         raise PromptFileError(f"{path}: line 1: expected a JSON object task -> prompts")
     return data

@@ -21,13 +21,11 @@ placeholder gets the formatted input appended on a new line (`render_prompt`).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from coin.errors import CoinError
+from coin.errors import CoinError, read_json
 
 
 class TaskError(CoinError):
@@ -234,13 +232,7 @@ def parse_tasks(text: str) -> list[TaskSpec]:
 
 def load_task_file(path: str) -> list[TaskSpec]:
     """Register the task specs of a JSON file: a list of spec objects (or one object)."""
-    if not os.path.isfile(path):
-        raise TaskError(f"--task-file: '{path}' does not exist")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_json(path, TaskError, what="--task-file:")
     items = data if isinstance(data, list) else [data]
     return [register_task(TaskSpec.from_dict(d, f"{path}: task spec #{i}"), replace=True) for i, d in enumerate(items)]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from coin.errors import CoinError
+from coin.errors import CoinError, read_json
 
 
 class ConfigError(CoinError):
@@ -320,13 +319,7 @@ AUTO = "auto"
 
 
 def _read_ds_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"deepspeed.config: file '{path}' does not exist")
-    with open(path, encoding="utf-8") as f:
-        try:
-            ds = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"deepspeed.config: '{path}' is not valid JSON ({e})") from None
+    ds = read_json(path, ConfigError, what="deepspeed.config: file")
     if not isinstance(ds, dict):
         raise ConfigError(f"deepspeed.config: '{path}' must hold a JSON object")
     return ds
