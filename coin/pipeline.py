@@ -49,22 +49,6 @@ def _run(title: str, args: list[str], log: list) -> None:
     log.append({"stage": title, "command": shown, "seconds": round(time.time() - t0, 1)})
 
 
-def write_eval_data(demo_dir: str, out_dir: str) -> str:
-    """The demo's held-out instances (eval.jsonl) as GLUE-column files for `coin eval --data`."""
-    from coin.data_tools.readers import read_records
-    from coin.eval import get_task, save_examples
-
-    by_task: dict[str, list[dict]] = {}
-    records, _ = read_records(os.path.join(demo_dir, "eval.jsonl"))
-    for record in records:
-        by_task.setdefault(record["task"], []).append({**record["fields"], "label": record["output"]})
-    if not by_task:
-        raise CoinError(f"{demo_dir}/eval.jsonl: no held-out records")
-    for task, rows in by_task.items():
-        save_examples(get_task(task), rows, out_dir)
-    return out_dir
-
-
 def main(args) -> int:
     out = args.out
     data = os.path.join(out, "data")
@@ -97,7 +81,7 @@ def main(args) -> int:
     _run(f"CoIN training ({args.nproc} ranks, DeepSpeed ZeRO-3) and export",
          ["train", "--config", config, "--nproc", str(args.nproc), *overrides, *args.overrides], log)
 
-    glue = write_eval_data(data, os.path.join(data, "glue"))
+    glue = os.path.join(data, "glue")  # the held-out instances, written by `coin data demo`
     _run("robustness evaluation", [
         "eval", "--model", os.path.join(train_dir, "hf"), "--tasks", TASKS, "--data", glue,
         "--instructions", "generated:" + os.path.join(data, "heldout_templates.json"),

@@ -22,6 +22,8 @@ Files written (all deterministic from the arguments):
     heldout_templates.json      the unseen templates, same format
     heldout_instructions.json   task -> the held-out instruction sentences alone (no input, no
                                 options), for an evaluation that renders inputs itself
+    glue/<task>.jsonl           the eval.jsonl instances in the HF `glue` columns (input fields and
+                                `label` as its word), for `coin eval --data OUT_DIR/glue`
     manifest.json               seed, sizes, tasks, label words, input formats, file list
 """
 from __future__ import annotations
@@ -461,6 +463,12 @@ def write_demo(out_dir: str, seed: int = 0, train_per_task: int = 150, eval_per_
     write_records(os.path.join(out_dir, files["eval"]), data["eval"])
     for key in ("templates", "heldout_templates", "heldout_instructions"):
         write_json(os.path.join(out_dir, files[key]), data[key])
+    # The held-out instances once more, as evaluation data in the HF `glue` column layout
+    # (`coin eval --data OUT_DIR/glue`: glue/<task>.jsonl, the label as its word).
+    for task in tasks:
+        rows = [{**r["fields"], "label": r["output"]} for r in data["eval"] if r["task"] == task]
+        write_records(os.path.join(out_dir, "glue", f"{task}.jsonl"), rows)
+    files["glue"] = "glue/<task>.jsonl"
     manifest = {**data["manifest"], "files": files}
     write_json(os.path.join(out_dir, "manifest.json"), manifest)
     return manifest

@@ -15,9 +15,11 @@ def test_deterministic_from_the_seed(tmp_path):
     write_demo(str(tmp_path / "b"), seed=3, train_per_task=10, eval_per_task=3)
     write_demo(str(tmp_path / "c"), seed=4, train_per_task=10, eval_per_task=3)
     names = sorted(os.listdir(tmp_path / "a"))
-    assert names == ["eval.jsonl", "heldout_instructions.json", "heldout_templates.json", "manifest.json",
+    assert names == ["eval.jsonl", "glue", "heldout_instructions.json", "heldout_templates.json", "manifest.json",
                      "templates.json", "train.jsonl"]
-    for name in names:
+    glue = sorted(os.listdir(tmp_path / "a" / "glue"))
+    assert glue == sorted(f"{t}.jsonl" for t in TASKS)
+    for name in [n for n in names if n != "glue"] + [f"glue/{g}" for g in glue]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "a" / "train.jsonl").read_bytes() != (tmp_path / "c" / "train.jsonl").read_bytes()
 
@@ -88,3 +90,19 @@ def test_default_chain_on_cpu(tmp_path, tokenizer):
     batch = collate(rows, tokenizer.pad_token_id)
     assert batch["input_ids"].shape[0] == 4 and rows[0]["group"] == rows[1]["group"]
     assert time.perf_counter() - start < 60
+
+
+def test_glue_files_hold_the_heldout_instances(tmp_path):
+    """glue/<task>.jsonl: the eval.jsonl instances with their input fields and the label word, and
+    the evaluation reads them (the demo pipeline's `coin eval --data DIR/glue`)."""
+    from coin.eval import get_task, load_task_data
+
+    write_demo(str(tmp_path), seed=1, train_per_task=4, eval_per_task=3)
+    evaluation, _ = read_records(str(tmp_path / "eval.jsonl"), "instruction")
+    for task in TASKS:
+        rows = [json.loads(line) for line in open(tmp_path / "glue" / f"{task}.jsonl")]
+        want = [r for r in evaluation if r["task"] == task]
+        assert [r["label"] for r in rows] == [r["output"] for r in want]
+        data = load_task_data(get_task(task), str(tmp_path / "glue"), n_examples=0)
+        assert data.total == len(want)
+        assert data.labels == [get_task(task).label_words.index(r["output"]) for r in want]
