@@ -172,7 +172,7 @@ def run(quick: bool = False) -> str:
          f"{tc['seconds']:.1f} s ({tc['records'] / tc['seconds']:,.0f} records/s; {tc['cpu_s']:.1f} CPU-seconds)"
          + ("" if tc["records"] >= 100_000 else f"; 100k extrapolated: {tc_100k:.0f} s"),
          "100k in < 120 s", tc_100k < 120),
-        ("sampler plan", f"1,000,000 examples, groups of 25, micro-batch 8, 8 ranks",
+        ("sampler plan", "1,000,000 examples, groups of 25, micro-batch 8, 8 ranks",
          f"{m['sampler']['seconds']:.1f} s ({m['sampler']['anchors_without_negative']} anchors without a "
          f"same-group negative)", "-", None),
     ]

@@ -138,7 +138,7 @@ def _discussion(exp: dict) -> list[str]:
     perturbed = {n: sum(acc[n][lv] for lv in LEVELS[1:]) / (len(LEVELS) - 1) for n in models}
     out = []
     best = max(perturbed, key=perturbed.get)
-    out.append(f"- Mean accuracy over the four perturbation levels: " + ", ".join(
+    out.append("- Mean accuracy over the four perturbation levels: " + ", ".join(
         f"{n} {100 * perturbed[n]:.1f}%" for n in models) + f". The best arm here is `{best}`; "
         + ("CoIN did not beat the baseline in this setting." if best == "sft" else "CoIN beat the baseline in this setting."))
     for n in models:

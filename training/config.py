@@ -378,10 +378,6 @@ def deepspeed_config(cfg: RunConfig, world_size: int, hidden_size: int | None = 
     return ds
 
 
-def zero_stage(cfg: RunConfig) -> int:
-    return int(_read_ds_file(cfg.deepspeed.config).get("zero_optimization", {}).get("stage", 0))
-
-
 def _walk(d: Any, prefix: str = ""):
     if isinstance(d, dict):
         for k, v in d.items():
