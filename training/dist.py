@@ -2,7 +2,10 @@
 
 Launchers (deepspeed, torchrun, srun + torchrun, the test harness) all set RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init()` works from those, or as a single process when
-they are absent. On CPU (DS_ACCELERATOR=cpu) the backend is gloo.
+they are absent. Ranks run on CUDA GPUs (NCCL, one GPU per local rank, chosen before the process
+group exists) when torch sees one and DeepSpeed's accelerator is not forced elsewhere
+(`DS_ACCELERATOR=cpu` keeps a GPU machine on the CPU); otherwise on the CPU over gloo.
+`use_cuda()` is that decision and `device()` its device, for every caller.
 
 `shutdown()` exists because a gloo process group torn down by interpreter finalisation can abort
 ("terminate called without an active exception", exit -6): every multi-rank program ends with a
@@ -28,10 +31,14 @@ def init() -> None:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     import deepspeed
 
-    backend = "gloo" if not torch.cuda.is_available() else None
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
-    if torch.cuda.is_available():
+    if use_cuda():  # before the group exists, so NCCL binds each rank to its own GPU
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", verbose=False)
+
+
+def use_cuda() -> bool:
+    """True when ranks run on CUDA GPUs: torch sees one and DS_ACCELERATOR is unset or `cuda`."""
+    return torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
 
 
 def rank() -> int:
@@ -43,7 +50,7 @@ def world_size() -> int:
 
 
 def device() -> torch.device:
-    if torch.cuda.is_available():
+    if use_cuda():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 

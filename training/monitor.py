@@ -29,6 +29,8 @@ import time
 
 import torch
 
+from .dist import use_cuda
+
 TRAIN_SCALARS = (
     "loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size", "lr", "grad_norm",
 )
@@ -37,7 +39,7 @@ EVAL_SCALARS = ("loss", "gen_loss", "ctr_loss", "ctr_acc", "pos_cos", "neg_cos")
 
 
 def memory_gb() -> float:
-    if torch.cuda.is_available():
+    if use_cuda():
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
