@@ -1,9 +1,11 @@
 """`coin bench`: run the benchmarks in benchmarks/ and rewrite benchmarks/RESULTS.md.
 
-Each benchmarks/bench_<name>.py defines `run(quick: bool = False) -> str` (a Markdown section
-whose figures are measured side by side in one run). `coin bench all` runs every one of them in
-the order below and rewrites their sections of RESULTS.md; `coin bench NAME` runs one. Sections
-that are not re-run (for example GPU figures recorded on another machine) are kept.
+Each benchmarks/bench_<name>.py defines `run(quick: bool = False) -> str | None` (a Markdown
+section whose figures are measured side by side in one run). `coin bench all` runs every one of
+them in the order below and rewrites their sections of RESULTS.md; `coin bench NAME` runs one.
+Sections that are not re-run are kept, and so is the section of a benchmark that measures nothing
+on this machine (`run` returns None: the GPU benchmark without a GPU keeps the figures recorded
+from a GPU machine; where there are none, its module's NOT_MEASURED text is written).
 """
 from __future__ import annotations
 
@@ -71,6 +73,15 @@ def write_results(sections: dict[str, str], path: str) -> None:
     os.replace(tmp, path)
 
 
+def section(module, recorded: str | None, quick: bool = False) -> str:
+    """A benchmark module's new section; where it measures nothing here (`run` returns None), the
+    `recorded` one (figures from another machine), else the module's NOT_MEASURED text."""
+    text = module.run(quick=quick)
+    if text is None:
+        return recorded or module.NOT_MEASURED
+    return text
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("name", help="a benchmark name, or 'all'", nargs="?", default="all")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run; figures are noisier)")
@@ -89,7 +100,7 @@ def main(args) -> int:
     sections = _sections(open(path, encoding="utf-8").read()) if os.path.exists(path) else {}
     for name in chosen:
         print(f"== bench {name}", file=sys.stderr, flush=True)
-        sections[name] = _load(name).run(quick=args.quick)
+        sections[name] = section(_load(name), sections.get(name), quick=args.quick)
         print(sections[name], flush=True)
         if not args.no_write:  # after each benchmark, so a late failure keeps earlier figures
             write_results(sections, path)
