@@ -188,9 +188,9 @@ is one prepared command, `bash benchmarks/gpu_check.sh OUT_DIR`, whose logic run
 dry run (tests/benchmarks/test_gpu_check.py). To run it on the lent GPU machine (one H200, bare
 image, no network), within about 8 minutes:
 
-1. here, once: `bash scripts/prepare_gpu_wheels.sh` (writes the ignored .gpu_wheels/, about
-   12 MiB: deepspeed built with no ops, datasets, mistral-common and their missing dependencies,
-   for Python 3.12);
+1. once, in the checkout the device tool sends (the session's own): `bash
+   scripts/prepare_gpu_wheels.sh` (writes the ignored .gpu_wheels/, about 12 MiB: deepspeed
+   built with no ops, datasets, mistral-common and their missing dependencies, for Python 3.12);
 2. one device-tool call: `run` with command `bash benchmarks/gpu_check.sh $OUT`, carry
    `[".gpu_wheels"]`, timeout_s 540; it writes $OUT/gpu_check.json, gpu_check.md and
    gpu_check.log and prints the summary last;

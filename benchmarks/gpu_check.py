@@ -410,8 +410,8 @@ def part_smoke(ctx: dict) -> dict:
              "logging.progress_bar=false", f"deepspeed.config={ctx['ds']['zero3']}"]
         return o + [f"model.tiny.{k}={v}" for k, v in s["tiny"].items()]
 
-    def train(stage: str, out_dir: str, *extra: str) -> None:
-        rc, _ = _coin(stage, "train", "--config", os.path.join(REPO, "configs", "tiny.yaml"), "--nproc", "1",
+    def train(stage: str, out_dir: str, *extra: str) -> str:
+        rc, text = _coin(stage, "train", "--config", os.path.join(REPO, "configs", "tiny.yaml"), "--nproc", "1",
                          *overrides(out_dir), *extra)
         if rc != 0:
             raise PartFailed(f"coin train exited with status {rc}")
@@ -419,9 +419,10 @@ def part_smoke(ctx: dict) -> dict:
             status = json.load(f)
         if status.get("status") != "completed":
             raise PartFailed(f"run_status.json says {status}")
+        return text
 
     def check_train():
-        train("train", run_a)
+        text = train("train", run_a)
         recs = _records(run_a, "train")
         got = [r["step"] for r in recs]
         if got != list(range(1, steps + 1)):
@@ -442,7 +443,8 @@ def part_smoke(ctx: dict) -> dict:
         if not os.path.isfile(os.path.join(run_a, "hf", "config.json")):
             raise PartFailed(f"no export at {run_a}/hf")
         later = recs[1:] or recs  # the first step includes warm-up
-        return {"steps": steps, "gen_loss_first": recs[0]["gen_loss"],
+        # ZeRO-3 prefetching gives up on a step whose module order changed (DeepSpeed says so)
+        return {"steps": steps, "trace_cache_invalidations": text.count("Invalidate trace cache"), "gen_loss_first": recs[0]["gen_loss"],
                 "gen_loss_last": recs[-1]["gen_loss"], "losses": [r["loss"] for r in recs],
                 "eval_loss": [e["loss"] for e in evals],
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in later),
@@ -497,8 +499,12 @@ def part_smoke(ctx: dict) -> dict:
         clean, perturbed = overall["by_level"]["clean"]["accuracy"], overall["perturbed"]["accuracy"]
         if not (_finite(clean) and _finite(perturbed)):
             raise PartFailed(f"accuracies: clean {clean}, perturbed {perturbed}")
-        return {"tasks": s["eval_tasks"], "examples": s["eval_examples"], "clean_accuracy": clean,
-                "perturbed_accuracy": perturbed}
+        with open(os.path.join(out_dir, "predictions.jsonl"), encoding="utf-8") as f:
+            scores = [x for line in f for x in json.loads(line)["score"]]
+        if not scores or not all(_finite(x) for x in scores):  # a NaN score would still give an accuracy
+            raise PartFailed(f"label scores: {len(scores)}, {sum(not _finite(x) for x in scores)} not finite")
+        return {"tasks": s["eval_tasks"], "examples": s["eval_examples"], "label_scores": len(scores),
+                "clean_accuracy": clean, "perturbed_accuracy": perturbed}
 
     for name, fn in (("data", make_data), ("train", check_train)):
         stages.append(stage(name, fn))
@@ -570,7 +576,7 @@ def part_lm_loss(ctx: dict) -> dict:
 
             loss = step()
             times, peak = time_and_peak(step, s["repeats"])
-            seconds = min(times)
+            peak, seconds = max(peak, 0.0), min(times)  # RSS: memory freed before the call reads as < 0
         return {"loss": loss, "peak_mib": peak, "step_s": seconds}
 
     rows = {}
@@ -677,7 +683,9 @@ def run_part(name: str, cmd: list[str], env: dict, timeout: float, log_path: str
             out.update(json.loads(lines[-1][len("RESULT "):]))
         except json.JSONDecodeError as e:
             out["error"] = f"unreadable RESULT line ({e})"
-    if timed_out:
+    if timed_out and lines:  # it reported, then hung on the way out: what it reported stands
+        out["error"] = ((out["error"] or "") + f" (then hung at exit: killed at its deadline of {timeout:.0f} s)").strip()
+    elif timed_out:
         out.update(status="timeout", error=f"killed at its deadline of {timeout:.0f} s")
     elif not lines:
         out["error"] = f"exited with status {rc} before reporting: " + " | ".join(text.strip().splitlines()[-3:])[-600:]

@@ -155,7 +155,7 @@ def test_coin_bench_gpu_keeps_recorded_figures_without_a_gpu():
     assert bench_gpu.run(quick=True) is None  # nothing measured on a CPU machine
     assert bench.section(bench_gpu, "## GPU\nH200 figures\n") == "## GPU\nH200 figures\n"
     text = bench.section(bench_gpu, None)
-    assert text == bench_gpu.NOT_MEASURED and "NOT MEASURED YET" in text and 'carry\n   `[".gpu_wheels"]`' in text
+    assert text == bench_gpu.NOT_MEASURED and "NOT MEASURED YET" in text and 'carry\n   `[".gpu_wheels"]`' in text and "gpu_check.sh $OUT" in text
 
 
 def test_record_puts_a_gpu_run_into_results_md(dry_run, tmp_path):
