@@ -61,7 +61,6 @@ import bench_gpu  # noqa: E402  (stdlib-only at import; torch is imported inside
 FORMAT = "coin-gpu-check/1"
 PARTS = ("install", "env", "fused_adam", "smoke", "throughput_zero3", "lm_loss", "throughput_zero0")
 WHEELS = ".gpu_wheels"
-TARGETS = {"coin_mfu_min": 0.40, "coin_over_sft_min": 0.90}
 LLAMA3_VOCAB = 128256
 SMOKE_100M = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
                   num_key_value_heads=4)
@@ -725,8 +724,9 @@ def targets(parts: dict) -> dict:
     coin_mfu = (r.get("coin") or {}).get("mfu")
     ratio = r.get("coin_over_sft_mfu")
     smoke = (parts.get("smoke") or {}).get("status")
-    met = None if coin_mfu is None else bool(coin_mfu >= TARGETS["coin_mfu_min"] and ratio >= TARGETS["coin_over_sft_min"])
-    return dict(TARGETS, coin_mfu=coin_mfu, coin_over_sft_mfu=ratio, mfu_targets_met=met,
+    t = bench_gpu.TARGETS
+    met = None if coin_mfu is None else bool(coin_mfu >= t["coin_mfu_min"] and ratio >= t["coin_over_sft_min"])
+    return dict(bench_gpu.TARGETS, coin_mfu=coin_mfu, coin_over_sft_mfu=ratio, mfu_targets_met=met,
                 smoke_green=None if smoke is None else smoke == "passed")
 
 
