@@ -727,7 +727,7 @@ def targets(parts: dict) -> dict:
     t = bench_gpu.TARGETS
     met = None if coin_mfu is None else bool(coin_mfu >= t["coin_mfu_min"] and ratio >= t["coin_over_sft_min"])
     return dict(bench_gpu.TARGETS, coin_mfu=coin_mfu, coin_over_sft_mfu=ratio, mfu_targets_met=met,
-                smoke_green=None if smoke is None else smoke == "passed")
+                smoke_green=None if smoke in (None, "skipped") else smoke == "passed")
 
 
 def markdown(summary: dict) -> str:
@@ -754,9 +754,10 @@ def markdown(summary: dict) -> str:
         if dev:
             lines.append(f"Device: {dev.get('name')} (sm {dev.get('capability')}, {_fmt(dev.get('memory_gib'), '.0f')} GiB, "
                          f"{dev.get('multiprocessors')} SMs, NCCL {dev.get('nccl')}); nvidia-smi: {dev.get('nvidia_smi')}.")
-        lines.append(f"Measured bf16 matrix product ({env.get('matmul_size')}^3, random data): "
-                     f"{_fmt(env.get('matmul_bf16_tflops'), '.4g')} TFLOP/s. SDPA kernels (causal bf16, throughput shape): "
-                     + ", ".join(f"{k} {v}" for k, v in (env.get("sdpa") or {}).items()) + ".")
+        if "matmul_bf16_tflops" in env:
+            lines.append(f"Measured bf16 matrix product ({env['matmul_size']}^3, random data): "
+                         f"{env['matmul_bf16_tflops']:.4g} TFLOP/s. SDPA kernels (causal bf16, throughput shape): "
+                         + ", ".join(f"{k} {v}" for k, v in env["sdpa"].items()) + ".")
     fa = (parts.get("fused_adam") or {}).get("result") or {}
     if fa:
         lines.append(f"FusedAdam: JIT build and load {_fmt(fa.get('build_s'), '.1f')} s, relative difference from torch's "
@@ -787,14 +788,15 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {what} | {r['full']['peak_mib']:.0f} | {r['lean']['peak_mib']:.0f} | {_fmt(r['peak_ratio'], '.3f')} "
                          f"| {r['full']['step_s']:.4f} | {r['lean']['step_s']:.4f} | {r['loss_rel_diff']:.1e} |")
     t = summary["targets"]
-    lines += ["", f"Targets: CoIN MFU >= {100 * t['coin_mfu_min']:.0f}% (measured {_fmt(t['coin_mfu'] and 100 * t['coin_mfu'], '.1f')}%), "
+    mfu = "n/a" if t["coin_mfu"] is None else f"{100 * t['coin_mfu']:.1f}%"
+    lines += ["", f"Targets: CoIN MFU >= {100 * t['coin_mfu_min']:.0f}% (measured {mfu}), "
                   f"CoIN/SFT MFU >= {t['coin_over_sft_min']} (measured {_fmt(t['coin_over_sft_mfu'])}): "
                   f"{ {True: 'met', False: 'NOT met', None: 'not measured'}[t['mfu_targets_met']] }; smoke run green: "
                   f"{ {True: 'yes', False: 'NO', None: 'not run'}[t['smoke_green']] }."]
     for name in summary["order"]:
         p = parts.get(name) or {}
         if p.get("status") in ("failed", "timeout"):
-            lines += ["", f"Last lines of {name}'s log:", "```", *p.get("log_tail", [])[-12:], "```"]
+            lines += ["", f"Last lines of {name}'s log:", "```", *(l[:200] for l in p.get("log_tail", [])[-8:]), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -938,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
         write_summary()
     write_summary()
     print("\n" + open(md_path, encoding="utf-8").read(), flush=True)
+    # last, whatever the summary's length (the device tool shows the output's last 12,000 characters)
+    print("[gpu_check] " + " | ".join(f"{n} {p['status']} {p['seconds']:.0f}s" for n, p in summary["parts"].items()), flush=True)
     print(f"[gpu_check] wrote {json_path}, {md_path}, {log_path}", flush=True)
     return 0 if summary["passed"] else 1
 
