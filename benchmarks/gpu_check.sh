@@ -10,7 +10,7 @@
 # Always writes OUT_DIR/gpu_check.{json,md,log}; exit status 0 only when every part passed.
 # Options: --work DIR, --only PART,..., --budget-s S, --part-timeout PART=S, --peak-tflops T.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 if [[ $# -lt 1 || $1 == -* ]]; then
   echo "usage: bash benchmarks/gpu_check.sh OUT_DIR [--cpu-dry-run] [options]" >&2
   exit 2

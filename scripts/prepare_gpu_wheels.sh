@@ -39,7 +39,7 @@ mkdir -p "$tmp/wheels" "$tmp/sdist"
 # compiled depends on it with DS_BUILD_OPS=0, and the wheel is py3-none-any)
 DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$tmp/wheels" "$tmp/sdist"/deepspeed-*.tar.gz
 
-count=$(ls "$tmp/wheels"/*.whl | wc -l)
+count=$(find "$tmp/wheels" -name '*.whl' | wc -l)
 if [[ $count -ne $((${#WHEELS[@]} + 1)) ]]; then
   echo "prepare_gpu_wheels: expected $((${#WHEELS[@]} + 1)) wheels, got $count:" >&2
   ls "$tmp/wheels" >&2
@@ -47,5 +47,5 @@ if [[ $count -ne $((${#WHEELS[@]} + 1)) ]]; then
 fi
 rm -rf "$DEST"
 mv "$tmp/wheels" "$DEST"
-ls -l "$DEST" | awk 'NR > 1 {printf "%8.2f MiB  %s\n", $5 / 1048576, $9}'
+find "$DEST" -name '*.whl' -printf '%s %f\n' | sort -k2 | awk '{printf "%8.2f MiB  %s\n", $1 / 1048576, $2}'
 du -sh "$DEST"

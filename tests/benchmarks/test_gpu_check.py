@@ -177,3 +177,14 @@ def test_record_puts_a_gpu_run_into_results_md(dry_run, tmp_path):
     assert sections["step"] == "## step\ncpu figures\n" and "NOT MEASURED" not in sections["gpu"]
     assert sections["gpu"].startswith("## GPU: the one-call GPU check on ") and "| smoke | passed |" in sections["gpu"]
     assert "### GPU: CoIN vs SFT throughput" in sections["gpu"]
+
+
+@pytest.mark.parametrize("script", ["benchmarks/gpu_check.sh", "scripts/prepare_gpu_wheels.sh"])
+def test_scripts_parse_and_are_shellcheck_clean(script):
+    import shutil
+
+    assert subprocess.run(["bash", "-n", str(REPO / script)]).returncode == 0
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (Debian package shellcheck; scripts/install.sh --system)")
+    proc = subprocess.run(["shellcheck", "--shell=bash", str(REPO / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
