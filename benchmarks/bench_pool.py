@@ -22,30 +22,10 @@ import subprocess
 import sys
 import time
 
+from bench_step import MODEL, RESPONSE, SEQ, _batch, _model_dir
 from memory import time_and_peak
 
-SEQ, MICRO_BATCH, RESPONSE = 256, 4, 16
-MODEL = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
-WORLD = 2
-
-
-def _model_dir() -> str:
-    from coin.training.config import TinyModelConfig
-    from coin.training.model import tiny_model_dir
-
-    return tiny_model_dir(TinyModelConfig(**MODEL))
-
-
-def _batch(vocab: int, pairs: int, seed: int) -> dict:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    n = 2 * pairs
-    ids = torch.randint(3, vocab, (n, SEQ), generator=g)
-    labels = ids.clone()
-    labels[:, : SEQ - RESPONSE] = -100
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-            "prompt_last": torch.full((n,), SEQ - RESPONSE - 1), "ids": [f"x{seed}-{i}" for i in range(pairs)]}
+MICRO_BATCH, WORLD = 4, 2
 
 
 def _child(mode: str, accumulation: int, rounds: int, repeats: int) -> None:
@@ -71,7 +51,7 @@ def _child(mode: str, accumulation: int, rounds: int, repeats: int) -> None:
     lm = load_model(ModelConfig(name_or_path=_model_dir()), ds)
     engine = Engine(CoinModel(lm), ds, cfg.optim, total_steps=10_000)
     engine.train()
-    batches = [_batch(lm.config.vocab_size, pairs, seed=100 * dist.rank() + a) for a in range(steps)]
+    batches = [_batch(lm.config.vocab_size, seed=100 * dist.rank() + a, pairs=pairs) for a in range(steps)]
     pool = NegativePool(enabled=True)
     micro_cfg, pooled_cfg = CoinConfig(), CoinConfig(pool="step")
 

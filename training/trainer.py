@@ -20,10 +20,16 @@ and at a boundary: log the step, evaluate, checkpoint; if a SIGTERM/SIGUSR1 reac
 every rank saves a checkpoint and the run ends with `PREEMPTED_EXIT_CODE` (75). All ranks take
 every branch together because every branch depends only on agreed (all-reduced) values.
 
+With `coin.pool: step` one optimiser step is instead `_pooled_step`: the step's micro-batches
+are drawn first, step_pool.embed_step embeds them all without gradients and builds the step-wide
+pool, ONE agreement for the whole step (on those pass-1 values), then each micro-batch's
+forward, engine.backward and engine.step in turn (the optimiser at the last).
+
 Non-finite losses: the micro-batch is reported (step, micro-step, example ids of every rank) and
 skipped — no backward, no optimiser step, DeepSpeed's accumulation counter untouched; after
 `logging.max_nonfinite_steps` non-finite micro-batches in a row (0: never) the run stops with
-`NONFINITE_EXIT_CODE` (3).
+`NONFINITE_EXIT_CODE` (3). With `coin.pool: step` the unit is the step: all of its micro-batches
+are skipped together, before any backward, and count once.
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ import torch.distributed as torch_dist
 from coin.errors import CoinError
 
 from . import checkpoint as ckpt
-from . import dist
+from . import dist, step_pool
 from .config import RunConfig, deepspeed_config, dump_yaml
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, requeue and resume
@@ -267,8 +273,6 @@ class Trainer:
         step (its loss and metrics from pass 1; a non-finite value on any rank skips every
         micro-batch of the step, before any backward, and counts once towards
         logging.max_nonfinite_steps), then pass 2 backwards micro-batch by micro-batch."""
-        from . import step_pool
-
         engine = self.engine
         batches = [self.train_data.next_batch() for _ in range(engine.gradient_accumulation_steps)]
         self.consumed_samples += sum(len(b["ids"]) for b in batches) * self.world
@@ -289,7 +293,8 @@ class Trainer:
         return "stepped", stop, lr
 
     def _agree(self, out) -> tuple[bool, bool, dict]:
-        """The one collective of a micro-step: non-finite flag, stop flag and metrics of every rank."""
+        """The one collective of a micro-step (of a step, with `coin.pool: step`): non-finite flag,
+        stop flag and metrics of every rank."""
         device = self.engine.device
         nonfinite = (~torch.isfinite(out.loss.detach())).any().to(torch.float64).reshape(1)
         stop = torch.tensor([1.0 if self.preemption.requested else 0.0], dtype=torch.float64, device=device)
