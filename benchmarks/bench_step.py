@@ -37,11 +37,12 @@ def _model_dir() -> str:
     return tiny_model_dir(TinyModelConfig(**MODEL))
 
 
-def _batch(vocab: int, seed: int):
+def _batch(vocab: int, seed: int, pairs: int = MICRO_BATCH):
+    """A micro-batch of `pairs` random originals and paraphrases, responses of RESPONSE tokens."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    n = 2 * MICRO_BATCH
+    n = 2 * pairs
     ids = torch.randint(3, vocab, (n, SEQ), generator=g)
     labels = ids.clone()
     labels[:, : SEQ - RESPONSE] = -100

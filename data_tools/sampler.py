@@ -25,6 +25,15 @@ Contract (every rank computes the same plan from (groups, B, W, seed, epoch) alo
   examples per epoch, different ones each epoch since the order is reshuffled). With
   `drop_last=False` the last micro-batch is completed with the first examples of the epoch and
   the rank remainder with whole repeated micro-batches (as DistributedSampler pads).
+- Step-wide pools (`step_pool=(A, k)`, for `coin.pool: step`): the packing unit is the pool of
+  one optimiser step, the A micro-batches of k consecutive ranks (A x k x B examples), instead
+  of one micro-batch. Everything above holds with "micro-batch" read as "pool" (a group of at
+  most A x k x B members stays in one pool, spread over its micro-batches; the remainder left
+  out is at most one step's global batch less one example); each pool is then dealt out as the
+  A micro-batches of its k ranks in one step: rank r's micro-batches of step t come from pool
+  t x (W / k) + r // k. W must be a multiple of k; `len(sampler)` is a multiple of A, so steps
+  never straddle an epoch. The plan then depends on W: a state saved with another world size
+  (or other pools) is refused.
 - Deterministic given (seed, epoch); `set_epoch(e)` selects the epoch.
 - Resume: `state_dict()` = {epoch, position, ...} where position is the number of micro-batches
   this rank has consumed in the epoch (position == len(sampler) means the epoch is complete);
@@ -105,11 +114,18 @@ class GroupedBatchSampler:
     """See the module docstring for the full contract."""
 
     def __init__(self, groups: Sequence[str], micro_batch_size: int, world_size: int, rank: int, seed: int,
-                 drop_last: bool = True):
+                 drop_last: bool = True, step_pool: tuple[int, int] | None = None):
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size: expected an integer >= 1, got {micro_batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} of world_size {world_size}: expected 0 <= rank < world_size")
+        if step_pool is not None:
+            steps, ranks = step_pool
+            if steps < 1 or ranks < 1 or world_size % ranks:
+                raise ValueError(f"step_pool {step_pool}: expected (accumulation steps >= 1, ranks per pool "
+                                 f"dividing the world size {world_size})")
+            step_pool = (int(steps), int(ranks))
+        self.step_pool = step_pool
         self.micro_batch_size, self.world_size, self.rank = micro_batch_size, world_size, rank
         self.seed, self.drop_last = seed, drop_last
         self.num_examples = len(groups)
@@ -126,12 +142,18 @@ class GroupedBatchSampler:
 
     # ------------------------------------------------------------------ sizes
 
+    def _unit(self) -> tuple[int, int, int]:
+        """(examples per packing unit, units per step, micro-batches per rank per step)."""
+        steps, ranks = self.step_pool or (1, 1)
+        return self.micro_batch_size * steps * ranks, self.world_size // ranks, steps
+
     def __len__(self) -> int:
         """Micro-batches per rank per epoch (the same on every rank and in every epoch)."""
-        b, w, n = self.micro_batch_size, self.world_size, self.num_examples
+        size, per_step, steps = self._unit()
+        n = self.num_examples
         if self.drop_last:
-            return (n // b) // w
-        return -(-(-(-n // b)) // w)
+            return (n // size) // per_step * steps
+        return -(-(-(-n // size)) // per_step) * steps
 
     # ------------------------------------------------------------------ the plan
 
@@ -150,7 +172,8 @@ class GroupedBatchSampler:
         return dict(self._plan[2])
 
     def _build(self, epoch: int) -> tuple[list[list[int]], dict]:
-        b, w = self.micro_batch_size, self.world_size
+        # packing units of b examples: micro-batches, or the pools of step_pool (w of them a step)
+        b, w, _ = self._unit()
         rng = random.Random(_seed("grouped-batch-sampler", self.seed, epoch))
         units: list[tuple[list[int], bool]] = []
         for members in self._groups:
@@ -235,10 +258,25 @@ class GroupedBatchSampler:
             for i in batch:
                 seen[group_of[i]] = seen.get(group_of[i], 0) + 1
             lonely += sum(1 for i in batch if seen[group_of[i]] == 1 and len(self._groups[group_of[i]]) > 1)
+        if self.step_pool is not None:
+            batches = self._deal(batches, w)
         stats = {"epoch": epoch, "micro_batches": len(batches), "examples_used": sum(len(x) for x in batches) - repeated,
                  "examples_dropped": dropped, "examples_repeated": repeated, "small_groups_split": len(small_split),
                  "anchors_without_negative": lonely}
         return batches, stats
+
+    def _deal(self, pools: list[list[int]], per_step: int) -> list[list[int]]:
+        """Pools in step order -> micro-batches in plan order (step t, micro-step m, rank r at
+        (t A + m) W + r), rank r's from pool t (W / k) + r // k."""
+        b, w = self.micro_batch_size, self.world_size
+        steps, ranks = self.step_pool
+        plan = []
+        for t in range(len(pools) // per_step):
+            for m in range(steps):
+                for r in range(w):
+                    q = m * ranks + r % ranks
+                    plan.append(pools[t * per_step + r // ranks][q * b:(q + 1) * b])
+        return plan
 
     # ------------------------------------------------------------------ iteration and resume
 
@@ -265,12 +303,17 @@ class GroupedBatchSampler:
         """Resume state; `consumed` overrides the position (micro-batches trained on this epoch)."""
         return {"epoch": self.epoch, "position": self.position if consumed is None else int(consumed),
                 "seed": self.seed, "num_examples": self.num_examples, "micro_batch_size": self.micro_batch_size,
-                "world_size": self.world_size, "drop_last": self.drop_last}
+                "world_size": self.world_size, "drop_last": self.drop_last,
+                "step_pool": list(self.step_pool) if self.step_pool else None}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "num_examples", "micro_batch_size", "drop_last"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"sampler state: {key} was {state[key]!r} when saved but is {getattr(self, key)!r} "
+        saved = dict(state, step_pool=tuple(state["step_pool"]) if state.get("step_pool") else None)
+        keys = ("seed", "num_examples", "micro_batch_size", "drop_last", "step_pool")
+        if self.step_pool is not None or saved["step_pool"] is not None:
+            keys += ("world_size",)  # a plan of step-wide pools depends on the world size
+        for key in keys:
+            if key in state and saved[key] != getattr(self, key):
+                raise ValueError(f"sampler state: {key} was {saved[key]!r} when saved but is {getattr(self, key)!r} "
                                  f"now: the data order cannot be resumed")
         self.epoch = int(state["epoch"])
         position = int(state["position"])

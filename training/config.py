@@ -64,6 +64,9 @@ class DataConfig:
     add_eos: bool = False  # the reference adds no EOS
     cache_dir: str | None = None  # token cache; default <output.dir>/token_cache
     num_workers: int = 0
+    # with coin.pool: step, the sampler packs hard-negative groups into a whole step's pool (a group
+    # then spreads over the micro-batches of one step) instead of into single micro-batches
+    spread_groups: bool = False
 
 
 @dataclass
@@ -78,6 +81,9 @@ class CoinConfig:
     gather: bool = True  # negatives from every rank (pool = world x micro-batch)
     gather_group_size: int = 0  # 0: all ranks; k: pools of k consecutive ranks
     lm_loss_chunks: int = 8  # the output projection runs in this many chunks (fixed: same calls on every rank)
+    # micro: one pool per micro-step (world x micro-batch pairs); step: one pool per optimiser step
+    # (world x micro-batch x accumulation pairs), a cached two-pass step (step_pool.py)
+    pool: str = "micro"
 
 
 @dataclass
@@ -141,6 +147,7 @@ _CHOICES = {
     "coin.pooling": ("last", "prompt_last", "mean"),
     "coin.weighting": ("adaptive", "constant"),
     "coin.gen_loss": ("both", "original"),
+    "coin.pool": ("micro", "step"),
     "optim.schedule": ("linear", "cosine", "constant"),
 }
 
@@ -277,6 +284,10 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
     _require(c.weight >= 0, f"coin.weight: expected a number >= 0, got {c.weight}")
     _require(c.gather_group_size >= 0, f"coin.gather_group_size: expected an integer >= 0, got {c.gather_group_size}")
     _require(c.lm_loss_chunks >= 1, f"coin.lm_loss_chunks: expected an integer >= 1, got {c.lm_loss_chunks}")
+    _require(c.pool == "micro" or c.contrastive,
+             "coin.pool: 'step' pools contrastive negatives; with coin.contrastive: false use 'micro'")
+    _require(not d.spread_groups or c.pool == "step",
+             f"data.spread_groups: true packs groups into a step's pool; it needs coin.pool: step, got {c.pool!r}")
     _require(o.lr > 0, f"optim.lr: expected a number > 0, got {o.lr}")
     _require(o.micro_batch_size >= 1, f"optim.micro_batch_size: expected an integer >= 1, got {o.micro_batch_size}")
     _require(

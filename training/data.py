@@ -148,8 +148,10 @@ class HeldOut(_Split):
             yield self.collate(indices, 0)
 
 
-def _sampler(dataset, cfg: RunConfig, world_size: int, rank: int, path: str, key: str):
+def _sampler(dataset, cfg: RunConfig, world_size: int, rank: int, path: str, key: str, spread: bool = False):
     from coin.data_tools.sampler import GroupedBatchSampler
+
+    from .gather import pool_ranks
 
     mbs = cfg.optim.micro_batch_size
     if len(dataset) < mbs * world_size:
@@ -157,15 +159,23 @@ def _sampler(dataset, cfg: RunConfig, world_size: int, rank: int, path: str, key
             f"{key}: {path} has {len(dataset)} examples, fewer than one global micro-batch "
             f"(optim.micro_batch_size={mbs} x {world_size} ranks = {mbs * world_size})"
         )
-    sampler = GroupedBatchSampler(dataset["group"], mbs, world_size, rank, cfg.optim.seed, drop_last=True)
+    step_pool = None
+    if spread:  # data.spread_groups: groups packed into the step-wide pools of coin.pool: step
+        step_pool = (cfg.optim.gradient_accumulation_steps,
+                     pool_ranks(cfg.coin.gather, cfg.coin.gather_group_size, world_size))
+    sampler = GroupedBatchSampler(dataset["group"], mbs, world_size, rank, cfg.optim.seed, drop_last=True,
+                                  step_pool=step_pool)
     if len(sampler) == 0:
-        raise CoinError(f"{key}: {path} gives no complete micro-batch of {mbs} examples on each of {world_size} ranks")
+        what = f"micro-batch of {mbs} examples" if step_pool is None else \
+            f"step of {step_pool[0]} micro-batches of {mbs} examples (data.spread_groups)"
+        raise CoinError(f"{key}: {path} gives no complete {what} on each of {world_size} ranks")
     return sampler
 
 
 def build_data(cfg: RunConfig, tokenizer, world_size: int, rank: int) -> tuple[TrainStream, HeldOut | None]:
     train_ds = load_token_cache(cfg, cfg.data.train, tokenizer)
-    train = TrainStream(train_ds, _sampler(train_ds, cfg, world_size, rank, cfg.data.train, "data.train"),
+    train = TrainStream(train_ds, _sampler(train_ds, cfg, world_size, rank, cfg.data.train, "data.train",
+                                           spread=cfg.data.spread_groups),
                         tokenizer.pad_token_id, cfg.optim.seed, cfg.data.num_workers)
     held_out = None
     if cfg.data.eval:

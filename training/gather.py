@@ -39,6 +39,16 @@ class _Gather(torch.autograd.Function):
         return grad[start:start + ctx.rows], None, None, None
 
 
+def pool_ranks(enabled: bool, group_size: int, world: int) -> int:
+    """How many ranks share one negative pool (coin.gather, coin.gather_group_size): 1 keeps it local."""
+    if not enabled or world == 1:
+        return 1
+    size = group_size or world
+    if size < 1 or world % size:
+        raise CoinError(f"coin.gather_group_size: {group_size} does not divide the world size {world}")
+    return size
+
+
 class NegativePool:
     def __init__(self, enabled: bool = True, group_size: int = 0):
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -46,11 +56,9 @@ class NegativePool:
         self.group = None
         self.size = 1
         self.rank_in_pool = 0
-        if not enabled or world == 1:
+        size = pool_ranks(enabled, group_size, world)
+        if size == 1:
             return
-        size = group_size or world
-        if size < 1 or world % size:
-            raise CoinError(f"coin.gather_group_size: {group_size} does not divide the world size {world}")
         if size < world:
             # every rank creates every group, in the same order (a torch.distributed rule)
             for start in range(0, world, size):

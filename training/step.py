@@ -47,6 +47,20 @@ def _world_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def contrastive_weight(gen_loss: torch.Tensor, ctr_loss: torch.Tensor, cfg: CoinConfig) -> torch.Tensor:
+    """The contrastive weight w (detached, the same number on every rank).
+
+    adaptive: min(max_weight, mean_r gen_loss / mean_r ctr_loss) over all ranks (one all-reduce
+    of two scalars, a collective: every rank calls it); constant: cfg.weight. Shared by the
+    micro-batch step and the step-wide pool (step_pool.py).
+    """
+    if cfg.weighting == "adaptive":
+        mean_gen, mean_ctr = _world_mean(torch.stack([gen_loss.detach(), ctr_loss.detach()]).float())
+        # ctr_loss is 0 only when the pool holds a single pair; then w = max_weight times 0
+        return torch.clamp(mean_gen / mean_ctr.clamp(min=1e-12), max=cfg.max_weight)
+    return torch.tensor(cfg.weight, device=gen_loss.device)
+
+
 def coin_step(model, batch: dict, cfg: CoinConfig, pool: NegativePool | None = None) -> StepOutput:
     """One micro-step's loss. `model` is a CoinModel or a DeepSpeed engine wrapping one."""
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -81,12 +95,7 @@ def coin_step(model, batch: dict, cfg: CoinConfig, pool: NegativePool | None = N
     pool_p, _ = pool.gather(p)
     ctr_loss, ctr_metrics = info_nce(o, p, pool_o, pool_p, offset, cfg.temperature)
 
-    if cfg.weighting == "adaptive":
-        mean_gen, mean_ctr = _world_mean(torch.stack([gen_loss.detach(), ctr_loss.detach()]).float())
-        # ctr_loss is 0 only when the pool holds a single pair; then w = max_weight times 0
-        weight = torch.clamp(mean_gen / mean_ctr.clamp(min=1e-12), max=cfg.max_weight)
-    else:
-        weight = torch.tensor(cfg.weight, device=gen_loss.device)
+    weight = contrastive_weight(gen_loss, ctr_loss, cfg)
     loss = gen_loss + weight * ctr_loss
     metrics.update(ctr_metrics)
     metrics.update(loss=loss.detach(), ctr_loss=ctr_loss.detach(), ctr_weight=weight.detach(),

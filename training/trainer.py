@@ -20,10 +20,16 @@ and at a boundary: log the step, evaluate, checkpoint; if a SIGTERM/SIGUSR1 reac
 every rank saves a checkpoint and the run ends with `PREEMPTED_EXIT_CODE` (75). All ranks take
 every branch together because every branch depends only on agreed (all-reduced) values.
 
+With `coin.pool: step` one optimiser step is instead `_pooled_step`: the step's micro-batches
+are drawn first, step_pool.embed_step embeds them all without gradients and builds the step-wide
+pool, ONE agreement for the whole step (on those pass-1 values), then each micro-batch's
+forward, engine.backward and engine.step in turn (the optimiser at the last).
+
 Non-finite losses: the micro-batch is reported (step, micro-step, example ids of every rank) and
 skipped — no backward, no optimiser step, DeepSpeed's accumulation counter untouched; after
 `logging.max_nonfinite_steps` non-finite micro-batches in a row (0: never) the run stops with
-`NONFINITE_EXIT_CODE` (3).
+`NONFINITE_EXIT_CODE` (3). With `coin.pool: step` the unit is the step: all of its micro-batches
+are skipped together, before any backward, and count once.
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ import torch.distributed as torch_dist
 from coin.errors import CoinError
 
 from . import checkpoint as ckpt
-from . import dist
+from . import dist, step_pool
 from .config import RunConfig, deepspeed_config, dump_yaml
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, requeue and resume
@@ -215,24 +221,14 @@ class Trainer:
         """Optimiser steps up to step `until`; returns "done", or "preempted" (checkpoint written)."""
         cfg, engine = self.cfg, self.engine
         engine.train()
+        advance = self._pooled_step if cfg.coin.pool == "step" else self._micro_step
         window = _Window()
         t_step = time.perf_counter()
         while self.step < until:
-            batch = self.train_data.next_batch()
-            self.consumed_samples += len(batch["ids"]) * self.world
-            out = self.step_fn(engine.model, _to_device(batch, engine.device), cfg.coin, self.pool)
-            nonfinite, stop, metrics = self._agree(out)
-
-            if nonfinite:
-                self._report_nonfinite(batch, out)
-                if stop and window.micro_steps == 0:
-                    return self._preempted()
-                continue
-            self.nonfinite_in_row = 0
-            engine.backward(out.loss)
-            window.add(metrics)
-            lr = engine.lr()
-            if not engine.step():  # inside an accumulation window
+            outcome, stop, lr = advance(window)
+            if outcome == "skipped" and stop and window.micro_steps == 0:
+                return self._preempted()
+            if outcome != "stepped":
                 continue
 
             self.step += 1
@@ -254,8 +250,51 @@ class Trainer:
             t_step = time.perf_counter()
         return "done"
 
+    def _micro_step(self, window: "_Window") -> tuple[str, bool, float]:
+        """One micro-step (`coin.pool: micro`): -> (outcome, stop agreed, lr); outcome "skipped"
+        (non-finite loss somewhere), "inside" (an accumulation window goes on) or "stepped"."""
+        engine = self.engine
+        batch = self.train_data.next_batch()
+        self.consumed_samples += len(batch["ids"]) * self.world
+        out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool)
+        nonfinite, stop, metrics = self._agree(out)
+        if nonfinite:
+            self._report_nonfinite(batch, out)
+            return "skipped", stop, 0.0
+        self.nonfinite_in_row = 0
+        engine.backward(out.loss)
+        window.add(metrics)
+        lr = engine.lr()
+        return ("stepped" if engine.step() else "inside"), stop, lr
+
+    def _pooled_step(self, window: "_Window") -> tuple[str, bool, float]:
+        """One optimiser step with a step-wide pool (`coin.pool: step`, step_pool.py): the step's
+        micro-batches are drawn first, pass 1 embeds them all, then ONE agreement for the whole
+        step (its loss and metrics from pass 1; a non-finite value on any rank skips every
+        micro-batch of the step, before any backward, and counts once towards
+        logging.max_nonfinite_steps), then pass 2 backwards micro-batch by micro-batch."""
+        engine = self.engine
+        batches = [self.train_data.next_batch() for _ in range(engine.gradient_accumulation_steps)]
+        self.consumed_samples += sum(len(b["ids"]) for b in batches) * self.world
+        pooled = step_pool.embed_step(engine.model, [_to_device(b, engine.device) for b in batches],
+                                      self.cfg.coin, self.pool)
+        nonfinite, stop, metrics = self._agree(pooled.out)
+        if nonfinite:
+            self._report_nonfinite({"ids": pooled.nonfinite_ids()}, pooled.out, skipped="step")
+            return "skipped", stop, 0.0
+        self.nonfinite_in_row = 0
+        lr = engine.lr()
+        boundary = False
+        for loss in pooled.micro_losses():
+            engine.backward(loss)
+            boundary = engine.step()
+        assert boundary, "the last micro-batch of a pooled step is DeepSpeed's accumulation boundary"
+        window.add(metrics, micro_steps=len(batches))
+        return "stepped", stop, lr
+
     def _agree(self, out) -> tuple[bool, bool, dict]:
-        """The one collective of a micro-step: non-finite flag, stop flag and metrics of every rank."""
+        """The one collective of a micro-step (of a step, with `coin.pool: step`): non-finite flag,
+        stop flag and metrics of every rank."""
         device = self.engine.device
         nonfinite = (~torch.isfinite(out.loss.detach())).any().to(torch.float64).reshape(1)
         stop = torch.tensor([1.0 if self.preemption.requested else 0.0], dtype=torch.float64, device=device)
@@ -266,7 +305,7 @@ class Trainer:
         metrics = {k: v if k in SUMMED else v / self.world for k, v in zip(STEP_METRICS, vec[2:])}
         return vec[0] > 0, vec[1] > 0, metrics
 
-    def _report_nonfinite(self, batch: dict, out) -> None:
+    def _report_nonfinite(self, batch: dict, out, skipped: str = "micro-batch") -> None:
         """Every rank: say which examples gave a non-finite loss; stop after too many in a row."""
         self.nonfinite_in_row += 1
         local = {"rank": self.rank, "loss": float(out.loss.detach()), "ids": list(batch["ids"])}
@@ -278,7 +317,7 @@ class Trainer:
         limit = self.cfg.logging.max_nonfinite_steps
         self.monitor.event(
             "nonfinite",
-            f"non-finite loss at step {self.step + 1} (micro-batch skipped, {self.nonfinite_in_row} in a row): "
+            f"non-finite loss at step {self.step + 1} ({skipped} skipped, {self.nonfinite_in_row} in a row): "
             + "; ".join(f"rank {r['rank']} loss {r['loss']} ids {r['ids']}" for r in bad),
             step=self.step, in_row=self.nonfinite_in_row, ranks=bad,
         )
@@ -406,10 +445,11 @@ class _Window:
         self.micro_steps = 0
         self.sums = dict.fromkeys(STEP_METRICS, 0.0)
 
-    def add(self, metrics: dict) -> None:
-        self.micro_steps += 1
+    def add(self, metrics: dict, micro_steps: int = 1) -> None:
+        """The agreed metrics of `micro_steps` micro-steps (a pooled step's cover all of its own)."""
+        self.micro_steps += micro_steps
         for k, v in metrics.items():
-            self.sums[k] += v
+            self.sums[k] += v if k in SUMMED else v * micro_steps
 
     def record(self, step: int, samples_per_micro_step: int) -> dict:
         n = max(self.micro_steps, 1)

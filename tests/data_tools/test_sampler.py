@@ -154,3 +154,84 @@ def test_paraphrase_choice_per_epoch():
     assert [paraphrase_index(1, 0, i, 5) for i in range(40)] != [paraphrase_index(2, 0, i, 5) for i in range(40)]
     with pytest.raises(ValueError):
         paraphrase_index(0, 0, 3, 0)
+
+
+def _step_pools(per_rank, steps, ranks):
+    """The pools of `step_pool=(steps, ranks)` rebuilt from what each rank iterates: pools[t][j] are
+    the examples of step t on the ranks j*ranks .. j*ranks+ranks-1."""
+    w = len(per_rank)
+    return [[sorted(i for r in range(j * ranks, (j + 1) * ranks) for batch in per_rank[r][t * steps:(t + 1) * steps]
+                    for i in batch)
+             for j in range(w // ranks)]
+            for t in range(len(per_rank[0]) // steps)]
+
+
+def test_step_pools_deal_each_pool_to_one_step_and_its_ranks():
+    rng = random.Random(99)
+    for trial in range(60):
+        groups = _groups([rng.choice([1, 2, 2, 3, 4, 6, 13]) for _ in range(rng.randint(1, 40))], trial)
+        b, w, a = rng.choice([1, 2, 3]), rng.choice([1, 2, 4]), rng.choice([1, 2, 3])
+        k = rng.choice([d for d in (1, 2, 4) if w % d == 0])
+        samplers = [GroupedBatchSampler(groups, b, w, r, trial, step_pool=(a, k)) for r in range(w)]
+        per_rank = [list(s) for s in samplers]
+        n = len(samplers[0])
+        assert n % a == 0 and all(len(x) == n for x in per_rank) and all(len(m) == b for x in per_rank for m in x)
+        plan = samplers[0].global_micro_batches()
+        assert [per_rank[r][s] for s in range(n) for r in range(w)] == plan  # entry s * W + r, as ever
+        used = [i for x in per_rank for m in x for i in m]
+        assert len(used) == len(set(used)) >= len(groups) - (w * a * b - 1)
+        cap = a * k * b
+        for pools in _step_pools(per_rank, a, k):
+            assert all(len(p) == cap for p in pools)
+        if samplers[0].stats()["small_groups_split"] == 0:  # every group of at most `cap` in one pool
+            where = {}
+            for t, pools in enumerate(_step_pools(per_rank, a, k)):
+                for j, p in enumerate(pools):
+                    for i in p:
+                        where.setdefault(groups[i], set()).add((t, j))
+            sizes = Counter(groups)
+            assert all(len(places) == 1 for g, places in where.items() if sizes[g] <= cap), trial
+
+
+def test_step_pools_keep_groups_larger_than_a_micro_batch_together():
+    """Groups of 2 to 6 with micro-batches of 2: the micro-batch packing splits groups of 4 and 6
+    over steps; with step_pool=(2, 2) (pools of 8) each group lands in one step's pool (but at
+    most the one the last resort splits), every anchor with same-group negatives in it."""
+    groups = _groups([random.Random(i).choice([2, 4, 4, 6]) for i in range(60)])
+    sizes = Counter(groups)
+
+    def split_groups(per_rank):
+        where = {}
+        for t, (pool,) in enumerate(_step_pools(per_rank, 2, 2)):
+            for i in pool:
+                where.setdefault(groups[i], set()).add(t)
+        return sum(1 for g, steps in where.items() if len(steps) > 1 and sizes[g] <= 8)
+
+    pooled = [GroupedBatchSampler(groups, 2, 2, r, 0, step_pool=(2, 2)) for r in range(2)]
+    stats = pooled[0].stats()
+    assert split_groups([list(s) for s in pooled]) <= stats["small_groups_split"] <= 1  # the epoch's last gap
+    assert stats["anchors_without_negative"] == 0
+    micro = [GroupedBatchSampler(groups, 2, 2, r, 0) for r in range(2)]
+    per_rank = [list(s) for s in micro]
+    per_rank = [x[:len(x) // 2 * 2] for x in per_rank]  # whole steps of 2 micro-batches
+    assert split_groups(per_rank) > 20
+
+
+def test_step_pools_resume_only_with_the_same_world_and_pools():
+    groups = _groups([2, 3, 4, 5, 1, 6] * 10)
+    full = GroupedBatchSampler(groups, 2, 2, 1, 5, step_pool=(2, 2))
+    expected = list(full)
+    partial = GroupedBatchSampler(groups, 2, 2, 1, 5, step_pool=(2, 2))
+    it = iter(partial)
+    seen = [next(it) for _ in range(4)]  # two whole steps
+    state = partial.state_dict()
+    fresh = GroupedBatchSampler(groups, 2, 2, 1, 5, step_pool=(2, 2))
+    fresh.load_state_dict(state)
+    assert seen + list(fresh) == expected
+    for other, match in [(GroupedBatchSampler(groups, 2, 4, 1, 5, step_pool=(2, 2)), "world_size was 2"),
+                         (GroupedBatchSampler(groups, 2, 2, 1, 5, step_pool=(4, 2)), r"step_pool was \(2, 2\)"),
+                         (GroupedBatchSampler(groups, 2, 2, 1, 5), r"step_pool was \(2, 2\) when saved but is None")]:
+        with pytest.raises(ValueError, match=match):
+            other.load_state_dict(state)
+    with pytest.raises(ValueError, match="step_pool"):
+        GroupedBatchSampler(groups, 2, 2, 0, 5, step_pool=(2, 3))

@@ -112,3 +112,16 @@ def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool | int = Tr
         ctr = torch.stack([info_nce(torch.cat([os_[r] for r in pool]), torch.cat([ps[r] for r in pool]), cfg.temperature)
                            for pool in pools]).mean()
     return gen + weight(gen, ctr, cfg) * ctr
+
+
+def reference_step_loss(lm, step_rows: list[list[list[dict]]], cfg, pool_ranks: int | None = None):
+    """The single-process loss of one optimiser step of `coin.pool: step` on its global batch.
+
+    step_rows[r][a]: the rows of rank r's micro-batch a. A pool holds every micro-batch of the step
+    of `pool_ranks` consecutive ranks (default: all ranks, one pool). L = the mean over the step's
+    micro-batches of L_gen + w * the mean over pools of L_ctr, w from those two means: the loss
+    `reference_loss` computes with the micro-batches in rank-major order (a pool's are consecutive).
+    """
+    k = pool_ranks or len(step_rows)
+    micro = [rows for rank in step_rows for rows in rank]
+    return reference_loss(lm, micro, cfg, gather=k * len(step_rows[0]))

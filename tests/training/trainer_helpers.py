@@ -134,6 +134,9 @@ def train_ranks(rank: int, world: int, cfg_dict: dict, options: dict | None = No
       nan_calls      {rank: [micro-step numbers]} whose loss is made NaN on that rank
       truncate_calls [micro-step numbers] whose labels are all -100 (on every rank)
       logits_ids     a token id list: return the engine's logits for it after training
+    with coin.pool: step, counting the no-grad forwards of pass 1 (step_pool._terms) from 1:
+      pool_nan_calls {rank: [call numbers]} whose generation loss is made NaN on that rank
+      pool_stop_at   rank 0 sends itself SIGUSR1 during that forward
     """
     import torch
 
@@ -158,6 +161,23 @@ def train_ranks(rank: int, world: int, cfg_dict: dict, options: dict | None = No
         if options.get("stop_at") == n and rank == 0:
             os.kill(os.getpid(), signal.SIGUSR1)
         return out
+
+    if options.get("pool_nan_calls") or options.get("pool_stop_at"):
+        from coin.training import step_pool
+
+        real_terms = step_pool._terms
+
+        def terms(model, batch, ccfg):
+            gen_loss, emb, n_labels = real_terms(model, batch, ccfg)
+            if not torch.is_grad_enabled():  # pass 1
+                calls["pool"] = calls.get("pool", 0) + 1
+                if calls["pool"] in options.get("pool_nan_calls", {}).get(rank, ()):
+                    gen_loss = gen_loss * float("nan")
+                if options.get("pool_stop_at") == calls["pool"] and rank == 0:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+            return gen_loss, emb, n_labels
+
+        step_pool._terms = terms
 
     if options.get("crash_commit"):
         real_commit = ckpt.commit
