@@ -41,6 +41,17 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the named linear layers; every other parameter is frozen."""
+
+    r: int = 16
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.05
+    # module names (the last part of the dotted name) that receive an adapter
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
 class ModelConfig:
     # "tiny" builds the embedded random tiny LLaMA; anything else is a local directory or hub id
     # of a Hugging Face causal LM (LLaMA, Mistral, Qwen2, ... loaded with the Auto classes).
@@ -51,6 +62,8 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     trust_remote_code: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig | None = None  # null: train every parameter; a mapping: LoRA adapters only
+    quantization: str | None = None  # null | 8bit | 4bit: the frozen base loaded by bitsandbytes (GPU, LoRA)
 
 
 @dataclass
@@ -60,6 +73,10 @@ class DataConfig:
     max_length: int = 256  # the reference's cutoff length
     # How an instruction (with its input) becomes a prompt; the response follows it directly.
     prompt_template: str = "{prompt}\n\n### Response:\n"
+    # plain: prompt_template around the prompt (the reference); chat: the tokenizer's own chat
+    # template, the prompt as the user turn and the output as the assistant turn
+    prompt_format: str = "plain"
+    system_prompt: str | None = None  # chat only: a system turn before the user turn
     add_bos: bool = True
     add_eos: bool = False  # the reference adds no EOS
     cache_dir: str | None = None  # token cache; default <output.dir>/token_cache
@@ -115,6 +132,7 @@ class OutputConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto: latest complete checkpoint in dir | never | a checkpoint path
     export: bool = True  # write a Hugging Face model to <dir>/hf at the end
+    export_merged: bool = False  # LoRA: also the base with the adapter merged in, to <dir>/hf_merged
 
 
 @dataclass
@@ -144,6 +162,7 @@ class RunConfig:
 _CHOICES = {
     "model.dtype": ("fp32", "bf16", "fp16"),
     "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
+    "data.prompt_format": ("plain", "chat"),
     "coin.pooling": ("last", "prompt_last", "mean"),
     "coin.weighting": ("adaptive", "constant"),
     "coin.gen_loss": ("both", "original"),
@@ -158,6 +177,8 @@ _CHOICES = {
 def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
+    if typing.get_origin(tp) is list:
+        return "a list of strings"
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if args:
         return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(tp) else "")
@@ -166,6 +187,12 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check `value` against the annotated type `tp`; ints are accepted where floats are."""
+    if typing.get_origin(tp) is list:  # list[str]: a YAML list, or "a,b,c" (an override)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     origin_args = typing.get_args(tp)
     if origin_args:  # Optional[X]
         if value is None and type(None) in origin_args:
@@ -203,8 +230,11 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if key not in hints:
             raise ConfigError(f"unknown key '{full}' (expected one of: {', '.join(names)})")
         tp = hints[key]
+        optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value if value is not None else {}, f"{full}.")
+        elif optional:  # an optional section (model.lora): null, or a mapping over its defaults
+            kwargs[key] = None if value is None else _build(optional[0], value, f"{full}.")
         else:
             kwargs[key] = _coerce(full, value, tp)
     return cls(**kwargs)
@@ -246,6 +276,17 @@ def config_from_dict(data: dict, *, check_paths: bool = True) -> RunConfig:
     cfg = _build(RunConfig, data or {}, "")
     validate(cfg, check_paths=check_paths)
     return cfg
+
+
+def model_config_from_dict(data: dict | None, source: str) -> ModelConfig:
+    """The `model` section of a saved run config (`source`), typed, without the path checks of
+    `validate` (export and evaluation read it where the run's files may not exist)."""
+    try:
+        mcfg = _build(ModelConfig, data or {}, "model.")
+        _validate_lora(mcfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return mcfg
 
 
 def load_config(path: str | None, overrides: list[str] | None = None, *, check_paths: bool = True) -> RunConfig:
@@ -303,6 +344,11 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
         d.prompt_template.count("{prompt}") == 1,
         f"data.prompt_template: expected exactly one '{{prompt}}' placeholder, got {d.prompt_template!r}",
     )
+    _require(d.system_prompt is None or d.prompt_format == "chat",
+             "data.system_prompt: only used with data.prompt_format: chat (the plain format has no system turn)")
+    _validate_lora(cfg.model)
+    _require(not cfg.output.export_merged or cfg.model.lora is not None,
+             "output.export_merged: only for LoRA runs (model.lora); a full-parameter export is the full model already")
     _require(cfg.output.keep_last >= 1, f"output.keep_last: expected an integer >= 1, got {cfg.output.keep_last}")
     _require(cfg.output.save_every >= 0, f"output.save_every: expected an integer >= 0, got {cfg.output.save_every}")
     _require(cfg.logging.log_every >= 1, f"logging.log_every: expected an integer >= 1, got {cfg.logging.log_every}")
@@ -321,7 +367,25 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
         if name.startswith((".", "/", "~")):  # a path must exist; an `org/name` hub id cannot be checked offline
             _require(os.path.isdir(os.path.expanduser(name)), f"model.name_or_path: directory '{name}' does not exist")
     # The DeepSpeed file is read now so that a contradiction fails before any model loads.
-    deepspeed_config(cfg, world_size=1)
+    ds = deepspeed_config(cfg, world_size=1)
+    _require(
+        cfg.model.quantization is None or ds.get("zero_optimization", {}).get("stage") != 3,
+        f"model.quantization: a bitsandbytes-quantized base cannot be partitioned by ZeRO-3 "
+        f"({cfg.deepspeed.config}); use a ZeRO-2 config such as ds_configs/zero2.json",
+    )
+
+
+def _validate_lora(m: ModelConfig) -> None:
+    _require(m.quantization in (None, "8bit", "4bit"),
+             f"model.quantization: expected null, 8bit or 4bit, got {m.quantization!r}")
+    lora = m.lora
+    if lora is None:
+        _require(m.quantization is None, "model.quantization: a quantized base is frozen: it needs model.lora")
+        return
+    _require(lora.r >= 1, f"model.lora.r: expected an integer >= 1, got {lora.r}")
+    _require(lora.alpha > 0, f"model.lora.alpha: expected a number > 0, got {lora.alpha}")
+    _require(0 <= lora.dropout < 1, f"model.lora.dropout: expected a number in [0, 1), got {lora.dropout}")
+    _require(bool(lora.target_modules), "model.lora.target_modules: expected at least one module name, got none")
 
 
 # ----------------------------------------------------------------------------- DeepSpeed JSON
