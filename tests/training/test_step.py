@@ -133,6 +133,37 @@ def test_lean_lm_loss_equals_full_logits(chunks):
     assert (rows != 1).all() and rows.numel() == int((labels[:, 1:] != -100).sum())
 
 
+@pytest.mark.parametrize("chunks", [1, 3, 64])
+def test_lean_lm_loss_with_a_frozen_head(chunks):
+    """A frozen head (LoRA) takes the path without recomputation: the same per-token losses and
+    the same hidden-state gradients under any downstream weighting of the tokens, also when some
+    chunks are empty (64 chunks for fewer tokens) or no token carries a label."""
+    torch.manual_seed(0)
+    n, t, d, v = 4, 30, 16, 500
+    hidden = torch.randn(n, t, d, requires_grad=True)
+    head = torch.nn.Linear(d, v, bias=False).requires_grad_(False)
+    labels = torch.randint(0, v, (n, t))
+    labels[:, :20] = -100
+    labels[1, :] = -100
+    ce, rows = token_losses(hidden, labels, head, chunks)
+    weights = torch.rand(ce.shape[0])  # tokens weighted unequally downstream (view means do)
+    (ce * weights).sum().backward()
+    g_lean = hidden.grad.clone()
+    hidden.grad = None
+    targets = labels[:, 1:]
+    naive = torch.nn.functional.cross_entropy(head(hidden)[:, :-1][targets != -100], targets[targets != -100],
+                                              reduction="none")
+    (naive * weights).sum().backward()
+    torch.testing.assert_close(ce, naive, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g_lean, hidden.grad, rtol=0, atol=1e-6)
+    assert ce.grad_fn is not None and "FrozenHead" in type(ce.grad_fn).__name__
+
+    hidden.grad = None
+    ce, _ = token_losses(hidden, torch.full_like(labels, -100), head, chunks)
+    ce.sum().backward()
+    assert ce.numel() == 0 and hidden.grad is not None and not hidden.grad.any()
+
+
 def test_odd_batch_is_rejected(setup):
     tok, lm, rows = setup
     batch = collate(rows, tok.pad_token_id)
