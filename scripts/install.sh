@@ -11,7 +11,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   # wheels. On GPU nodes install your CUDA build of torch before running this script.
   "$PY" -m pip install "torch==2.13.0"
 fi
-"$PY" -m pip install -e ".[test,augment]"
+"$PY" -m pip install -e ".[test,augment,lora]"
 # mistral-common ships the LLaMA-format vocabulary of the tiny default; its own pins would
 # downgrade numpy, so it is installed without its dependencies.
 "$PY" -m pip install --no-deps mistral-common

@@ -102,18 +102,31 @@ class Engine:
 
     # ------------------------------------------------------------------ checkpoints
 
+    @property
+    def has_frozen_parameters(self) -> bool:
+        """True when some parameters do not train (LoRA: the whole base model)."""
+        return any(not p.requires_grad for p in self.module.parameters())
+
     def save_checkpoint(self, root: str, tag: str, client_state: dict) -> None:
         """Collective. Model, optimiser, scheduler and `client_state` under root/tag.
 
-        DeepSpeed's own `latest` file is NOT written: checkpoint.py writes it once the whole
-        checkpoint (ours included) is complete.
+        Frozen parameters are left out (LoRA: the checkpoint holds the adapters and their optimiser
+        state only; the base is read again from `model.name_or_path` on resume). DeepSpeed's own
+        `latest` file is NOT written: checkpoint.py writes it once the whole checkpoint (ours
+        included) is complete.
         """
-        self.ds.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+        self.ds.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False,
+                                exclude_frozen_parameters=True)
 
     def load_checkpoint(self, root: str, tag: str) -> dict:
-        """Collective. Restores model, optimiser and scheduler; returns the client state."""
+        """Collective. Restores model, optimiser and scheduler; returns the client state.
+
+        Strict about the module's keys, except that frozen parameters (absent from the checkpoint,
+        see `save_checkpoint`) keep the values they were loaded with.
+        """
         path, client_state = self.ds.load_checkpoint(
-            root, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            root, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True,
+            load_module_strict=not self.has_frozen_parameters,
         )
         if path is None:
             from coin.errors import CoinError
@@ -123,11 +136,12 @@ class Engine:
 
     # ------------------------------------------------------------------ weights
 
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+    def consolidated_state_dict(self, trainable_only: bool = False) -> dict[str, torch.Tensor] | None:
         """Collective. The full (unpartitioned) weights of the wrapped module, on CPU, on rank 0.
 
         Parameters are gathered one at a time (peak extra memory: the largest tensor), in the
         module's parameter dtype (fp32, or bf16/fp16 when training in 16 bits). Other ranks get None.
+        `trainable_only`: the trained parameters alone (LoRA: the adapters), no buffers.
         """
         import deepspeed
         import torch.distributed as dist
@@ -135,11 +149,13 @@ class Engine:
         is_main = not dist.is_initialized() or dist.get_rank() == 0
         state: dict[str, torch.Tensor] = {}
         for name, param in self.module.named_parameters():
+            if trainable_only and not param.requires_grad:
+                continue
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None, enabled=hasattr(param, "ds_id")):
                 if is_main:
                     state[name] = param.detach().to("cpu", copy=True)
-        if not is_main:
-            return None
+        if not is_main or trainable_only:
+            return state if is_main else None
         persistent = set(self.module.state_dict().keys())
         for name, buf in self.module.named_buffers():
             if name in persistent:
@@ -148,9 +164,15 @@ class Engine:
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Collective. Full-vocabulary logits of the wrapped causal LM (for checks and tests)."""
+        """Collective. Full-vocabulary logits of the wrapped causal LM in eval mode (no dropout:
+        LoRA's), for checks and tests."""
         lm = self.module.lm
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        out = lm(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False)
+        training = lm.training
+        lm.eval()
+        try:
+            out = lm(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False)
+        finally:
+            lm.train(training)
         return out.logits.float().cpu()

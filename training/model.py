@@ -24,9 +24,10 @@ from torch import nn
 
 from coin.paths import cache_root
 
-from .config import ConfigError, ModelConfig, TinyModelConfig
+from .config import ConfigError, LoraConfig, ModelConfig, TinyModelConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ADAPTER_CONFIG = "adapter_config.json"  # what marks a PEFT adapter directory
 
 
 def _llama_vocab_file() -> str:
@@ -105,30 +106,124 @@ def load_tokenizer(mcfg: ModelConfig, padding_side: str = "right"):
 
 
 def load_model(mcfg: ModelConfig, ds_config: dict | None = None) -> nn.Module:
-    """A causal LM from a path or hub id.
+    """A causal LM from a path or hub id, with LoRA adapters when `mcfg.lora` is set.
 
     With a ZeRO-3 `ds_config`, an `HfDeepSpeedConfig` is alive during `from_pretrained`, so the
-    weights are partitioned as they load. The returned model keeps a reference to it.
+    weights are partitioned as they load. The returned model keeps a reference to it. The adapters
+    are added after loading (peft); the engine partitions them with the rest. A PEFT adapter
+    directory (what `coin export` writes for a LoRA run) loads, for inference, as its base model
+    with the adapter merged in.
     """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(mcfg)
+    if is_adapter_dir(path):
+        if ds_config is not None:
+            raise ConfigError(f"model.name_or_path: '{path}' is a LoRA adapter directory; to train from it, "
+                              f"export the merged model (coin export --merged) and start from that")
+        return load_adapter_model(path, mcfg)
     hf_ds = None
     if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
         from transformers.integrations import HfDeepSpeedConfig
 
         hf_ds = HfDeepSpeedConfig(ds_config)  # must exist before from_pretrained
+    extra = {}
+    if mcfg.quantization:
+        extra = {"quantization_config": _quantization_config(mcfg), "device_map": {"": torch.cuda.current_device()}}
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=DTYPES[mcfg.dtype],
         attn_implementation=mcfg.attn_implementation,
         trust_remote_code=mcfg.trust_remote_code,
+        **extra,
     )
     model._coin_hf_ds_config = hf_ds  # keep it alive as long as the model
     model.config.use_cache = False
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if mcfg.lora is not None:
+        add_lora(model, mcfg.lora)
     return model
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def _require_peft(key: str = "model.lora"):
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError(f"{key}: LoRA needs the peft package; install it with `pip install peft` "
+                          f"(or `pip install -e .[lora]`)") from None
+    return peft
+
+
+def peft_lora_config(lora: LoraConfig, base_model_name_or_path: str | None = None):
+    """The peft LoraConfig of `model.lora` (what adapter_config.json holds)."""
+    peft = _require_peft()
+    return peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                           target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM",
+                           base_model_name_or_path=base_model_name_or_path)
+
+
+def add_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
+    """Inject LoRA adapters into `model` in place (peft); every other parameter is frozen.
+
+    The model keeps its own class and parameter names; a targeted linear layer `X` becomes
+    `X.base_layer` (frozen) plus `X.lora_A.default` and `X.lora_B.default` (trained, B = 0 at the
+    start, so the model's outputs are unchanged until the first update).
+    """
+    peft = _require_peft()
+    try:
+        peft.inject_adapter_in_model(peft_lora_config(lora), model)
+    except ValueError as e:  # peft: no module matched
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"model.lora.target_modules: {lora.target_modules} ({first})") from None
+    return model
+
+
+def is_adapter_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(os.path.expanduser(path), ADAPTER_CONFIG))
+
+
+def load_adapter_model(path: str, mcfg: ModelConfig) -> nn.Module:
+    """A PEFT adapter directory for inference: its base model (adapter_config.json's
+    `base_model_name_or_path`) with the adapter merged into the weights."""
+    from transformers import AutoModelForCausalLM
+
+    from coin.errors import read_json
+
+    peft = _require_peft(f"model '{path}'")
+    cfg_path = os.path.join(path, ADAPTER_CONFIG)
+    base = read_json(cfg_path, ConfigError, what="adapter config").get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{cfg_path}: base_model_name_or_path: expected the base model's path or id, got {base!r}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[mcfg.dtype],
+                                                     attn_implementation=mcfg.attn_implementation,
+                                                     trust_remote_code=mcfg.trust_remote_code)
+    except OSError as e:
+        raise ConfigError(f"{cfg_path}: base model '{base}' could not be loaded ({str(e).splitlines()[0]})") from None
+    model = peft.PeftModel.from_pretrained(model, path).merge_and_unload()
+    model.config.use_cache = False
+    return model
+
+
+def _quantization_config(mcfg: ModelConfig):
+    """bitsandbytes loading of the frozen base (GPU only); a clear error where it cannot work."""
+    key = f"model.quantization: {mcfg.quantization}"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key}: bitsandbytes quantization needs a CUDA GPU, and none is visible")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{key}: needs the bitsandbytes package (`pip install bitsandbytes`, GPU only)") from None
+    from transformers import BitsAndBytesConfig
+
+    if mcfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=DTYPES[mcfg.dtype])
 
 
 class CoinModel(nn.Module):
@@ -165,12 +260,15 @@ class CoinModel(nn.Module):
         nanoGPT/PaLM's count, adapted to the lean LM loss: 6 x the decoder's matrix parameters
         (the input embedding is a lookup), + 12 L H T for attention, + 6 x the output head's
         parameters only for the fraction of tokens that carry a label (the head runs there alone).
+        A frozen parameter (LoRA's base) counts 4, not 6: forward and input gradient, no weight
+        gradient.
         """
         cfg = self.lm.config
         embed, head = self.lm.get_input_embeddings().weight, self.head.weight
-        tied = embed is head
-        body = self.num_parameters() - _numel(embed) - (0 if tied else _numel(head))
-        return 6 * body + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len + 6 * _numel(head) * label_fraction
+        skip = {id(embed), id(head)}
+        body = sum((6 if p.requires_grad else 4) * _numel(p) for p in self.parameters() if id(p) not in skip)
+        head_flops = (6 if head.requires_grad else 4) * _numel(head)
+        return body + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len + head_flops * label_fraction
 
 
 def _numel(p: torch.Tensor) -> int:
