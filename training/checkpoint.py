@@ -27,6 +27,7 @@ directory, a `checkpoints/` directory or one tag directory, and must hold a comp
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -36,6 +37,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 from coin.errors import CoinError
 
@@ -219,3 +221,22 @@ def find_resume(output_dir: str, resume: str) -> tuple[str, str] | None:
 
 def completion_info(step: int, **fields) -> dict:
     return {"step": step, "time": time.time(), **fields}
+
+
+def check_trainable(root: str, tag: str, lora) -> None:
+    """The checkpoint trained the same parameters as this run: both full parameters, or LoRA
+    adapters with the same `model.lora` (its run_config.yaml says). A CheckpointError otherwise."""
+    path = os.path.join(root, tag, RUN_CONFIG)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {os.path.join(root, tag)}: no {RUN_CONFIG} (not written by coin train)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            saved = ((yaml.safe_load(f) or {}).get("model") or {}).get("lora")
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    mine = None if lora is None else dataclasses.asdict(lora)
+    if saved != mine:
+        raise CheckpointError(
+            f"checkpoint {os.path.join(root, tag)}: trained with model.lora={saved}, this run has model.lora={mine} "
+            f"(a checkpoint resumes only into a run training the same parameters; export it and start a new run)"
+        )

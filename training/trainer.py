@@ -176,6 +176,7 @@ class Trainer:
                 self.monitor.event("resume", f"resumed from {resume[0]}/{resume[1]}", step=self.step, tag=resume[1])
 
     def _resume(self, root: str, tag: str) -> None:
+        ckpt.check_trainable(root, tag, self.cfg.model.lora)  # before DeepSpeed reads mismatched tensors
         state = self.engine.load_checkpoint(root, tag).get("coin")
         if state is None:
             raise ckpt.CheckpointError(f"checkpoint {root}/{tag}: no coin training state (not written by coin train)")
@@ -213,7 +214,8 @@ class Trainer:
         if cfg.output.export:
             from .export import export_from_engine
 
-            export_from_engine(self, os.path.join(self.out_dir, "hf"))
+            export_from_engine(self, os.path.join(self.out_dir, "hf"),
+                               os.path.join(self.out_dir, "hf_merged") if cfg.output.export_merged else None)
         self._write_status("completed", 0)
         return "completed"
 
