@@ -13,6 +13,7 @@ Bad input is a `CoinError` (one line naming file, line, field, expectation): `co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -165,8 +166,8 @@ def cmd_tokenize(args) -> int:
     if args.tokenizer:
         mcfg = ModelConfig(name_or_path=args.tokenizer) if args.tokenizer == "tiny" else \
             ModelConfig(name_or_path=args.tokenizer, tokenizer=args.tokenizer)
-    fmt = PromptFormat(template=args.prompt_template or dcfg.prompt_template,
-                       add_bos=dcfg.add_bos and not args.no_bos, add_eos=dcfg.add_eos or args.eos)
+    fmt = dataclasses.replace(PromptFormat.from_data_config(dcfg), template=args.prompt_template or dcfg.prompt_template,
+                              add_bos=dcfg.add_bos and not args.no_bos, add_eos=dcfg.add_eos or args.eos)
     if fmt.template.count("{prompt}") != 1:
         raise CoinError(f"--prompt-template: expected exactly one '{{prompt}}' placeholder, got {fmt.template!r}")
     max_length = args.max_length or dcfg.max_length

@@ -18,8 +18,9 @@ token (an output that tokenises to nothing) would give a loss over zero labels: 
 and counted (`dropped_no_response` in meta.json), never silently.
 
 Cache key: a hash of the tokenizer's identity (class, vocabulary hash, special token ids, the
-tokenisation of a probe string), `fmt.key()`, `max_length`, the records file's content hash and
-the cache layout version. Any change gives another key, so another directory, which is built.
+tokenisation of a probe string), `fmt.key()` (the chat format: with its system prompt), the chat
+template (chat format only), `max_length`, the records file's content hash and the cache layout
+version. Any change gives another key, so another directory, which is built.
 
 Layout: `cache_dir/<records stem>-<key16>/` holding `data.arrow` (Arrow stream, read
 memory-mapped by `datasets.Dataset.from_file`) and `meta.json` (key parts, counts, timing).
@@ -44,7 +45,7 @@ import time
 
 from .atomic import file_fingerprint, text_fingerprint, write_json
 from .progress import progress
-from .prompt import PromptFormat, encode
+from .prompt import PromptFormat, chat_template, encode
 from .readers import read_records
 from .schema import CONTRASTIVE, render_prompt
 
@@ -90,6 +91,8 @@ def cache_key(records_path: str, tokenizer, fmt: PromptFormat, max_length: int) 
         "max_length": int(max_length),
         "records": file_fingerprint(records_path),
     }
+    if fmt.chat:
+        parts["chat_template"] = text_fingerprint(chat_template(tokenizer))
     return text_fingerprint(parts), parts
 
 
