@@ -11,6 +11,7 @@ the files. Results equal those of one rank. See docs/eval.md for every option an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -20,7 +21,8 @@ from coin.errors import CoinError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--model", action="append", required=True, metavar="PATH",
-                   help="a Hugging Face model directory (what training exports) or 'tiny'; repeat for side-by-side")
+                   help="a Hugging Face model directory (what training exports), a LoRA adapter directory "
+                        "(PEFT format: loaded on its base, merged), or 'tiny'; repeat for side-by-side")
     g.add_argument("--model-name", action="append", default=None, metavar="NAME",
                    help="display name per --model (default: the shortest distinct path suffix)")
     g.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
@@ -57,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="take the prompt format (data.prompt_template/add_bos/add_eos) from this run config "
                         "(default: each model's own coin_run_config.yaml, written by coin export)")
     g.add_argument("--prompt-template", default=None, help="override the template (one '{prompt}')")
+    g.add_argument("--prompt-format", default=None, choices=("plain", "chat"),
+                   help="override the format: plain (the template) or chat (the tokenizer's chat template)")
+    g.add_argument("--system-prompt", default=None, help="chat: the system turn (overrides the model's)")
     g = p.add_argument_group("analysis and output")
     g.add_argument("--representation", default="auto",
                    help="task for the representation analysis: a task name, 'auto' (cola if evaluated, else the first), 'none'")
@@ -82,6 +87,13 @@ def _prompt_format(args):
             raise CoinError(f"--prompt-template: expected exactly one '{{prompt}}', got {args.prompt_template!r}")
         base = fmt or PromptFormat()
         fmt = PromptFormat(template=args.prompt_template, add_bos=base.add_bos, add_eos=base.add_eos)
+    if args.prompt_format is not None or args.system_prompt is not None:
+        base = fmt or PromptFormat()
+        chat = base.chat if args.prompt_format is None else args.prompt_format == "chat"
+        if args.system_prompt is not None and not chat:
+            raise CoinError("--system-prompt: only used with the chat format (--prompt-format chat)")
+        fmt = dataclasses.replace(base, chat=chat,
+                                  system_prompt=args.system_prompt if args.system_prompt is not None else base.system_prompt)
     return fmt
 
 
@@ -100,9 +112,10 @@ def _check_args(args) -> None:
         looks_like_path = m.startswith((".", "/", "~")) or m.count("/") > 1
         if m != "tiny" and looks_like_path and not os.path.isdir(os.path.expanduser(m)):
             raise CoinError(f"--model: directory '{m}' does not exist")
-        if os.path.isdir(os.path.expanduser(m)) and not os.path.isfile(os.path.join(os.path.expanduser(m), "config.json")):
-            raise CoinError(f"--model: '{m}' is not a Hugging Face model directory (no config.json; "
-                            f"`coin export` writes one)")
+        d = os.path.expanduser(m)
+        if os.path.isdir(d) and not any(os.path.isfile(os.path.join(d, f)) for f in ("config.json", "adapter_config.json")):
+            raise CoinError(f"--model: '{m}' is not a Hugging Face model directory (no config.json) nor a LoRA "
+                            f"adapter directory (no adapter_config.json); `coin export` writes one of them")
 
 
 def run(args) -> dict | None:

@@ -173,9 +173,9 @@ def unique_names(paths: Sequence[str]) -> list[str]:
 
 
 def model_prompt_format(path: str) -> tuple[PromptFormat, str]:
-    """The prompt format a model was trained with: `data.prompt_template/add_bos/add_eos` of the run
-    config `coin export` writes next to the weights (coin_run_config.yaml), else the default.
-    Returns (format, where it came from)."""
+    """The prompt format a model was trained with: `data.prompt_format/prompt_template/add_bos/
+    add_eos/system_prompt` of the run config `coin export` writes next to the weights (or the
+    adapter: coin_run_config.yaml), else the default. Returns (format, where it came from)."""
     import yaml
 
     from coin.training.export import RUN_CONFIG_NAME
@@ -191,9 +191,12 @@ def model_prompt_format(path: str) -> tuple[PromptFormat, str]:
     default = PromptFormat()
     fmt = PromptFormat(template=data.get("prompt_template", default.template),
                        add_bos=bool(data.get("add_bos", default.add_bos)),
-                       add_eos=bool(data.get("add_eos", default.add_eos)))
+                       add_eos=bool(data.get("add_eos", default.add_eos)),
+                       chat=data.get("prompt_format", "plain") == "chat", system_prompt=data.get("system_prompt"))
     if not isinstance(fmt.template, str) or fmt.template.count("{prompt}") != 1:
         raise CoinError(f"{cfg_path}: data.prompt_template: expected one '{{prompt}}', got {fmt.template!r}")
+    if data.get("prompt_format", "plain") not in ("plain", "chat"):
+        raise CoinError(f"{cfg_path}: data.prompt_format: expected plain or chat, got {data.get('prompt_format')!r}")
     return fmt, cfg_path
 
 
@@ -202,8 +205,9 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[TaskData], instructio
                     representation_task: str | None = None, representation_examples: int = 300,
                     projection: str = "auto", seed: int = 42, settings: Mapping[str, Any] | None = None,
                     **eval_kwargs) -> dict:
-    """Load each model (a HF directory or `tiny`) in turn, evaluate it, optionally analyse its
-    representations; returns {"format", "settings", "models": {name: results}}.
+    """Load each model (a HF directory, a LoRA adapter directory: its base with the adapter
+    merged in, or `tiny`) in turn, evaluate it, optionally analyse its representations; returns
+    {"format", "settings", "models": {name: results}}.
 
     `attn_implementation="auto"` is eager on CPU and sdpa on GPU; `eval_kwargs` go to `evaluate`.
     Without `prompt_format`, each model is prompted as it was trained (`model_prompt_format`)."""
@@ -231,7 +235,8 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[TaskData], instructio
         res = evaluate(model, tokenizer, tasks, instructions, model_name=name, device=device, prompt_format=fmt,
                        **eval_kwargs)
         res["path"] = path
-        res["prompt_format"] = {"template": fmt.template, "add_bos": fmt.add_bos, "add_eos": fmt.add_eos,
+        res["prompt_format"] = {"format": "chat" if fmt.chat else "plain", "template": fmt.template,
+                                "add_bos": fmt.add_bos, "add_eos": fmt.add_eos, "system_prompt": fmt.system_prompt,
                                 "source": fmt_source}
         if representation_task:
             td = next((t for t in tasks if t.spec.name == representation_task), None)
