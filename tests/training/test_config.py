@@ -7,7 +7,8 @@ import pytest
 from coin.training.config import ConfigError, deepspeed_config, load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-REPO_CONFIGS = ["configs/tiny.yaml", "configs/llama2_7b_coin.yaml", "configs/llama2_7b_sft.yaml"]
+REPO_CONFIGS = ["configs/tiny.yaml", "configs/llama2_7b_coin.yaml", "configs/llama2_7b_sft.yaml",
+                "configs/llama2_7b_coin_lora.yaml", "configs/llama2_7b_sft_lora.yaml"]
 
 
 @pytest.fixture
@@ -42,6 +43,27 @@ def test_paper_settings_in_the_7b_config(monkeypatch):
     assert cfg.optim.micro_batch_size * cfg.optim.gradient_accumulation_steps * 8 == 64
 
 
+@pytest.mark.parametrize("path", ["configs/llama2_7b_coin_lora.yaml", "configs/llama2_7b_sft_lora.yaml"])
+def test_the_papers_lora_recipe(monkeypatch, path):
+    """The paper's recipe exactly (LoRA r=16, alpha=16 on q/k/v/o, lr 1e-4, micro-batch 2, effective
+    batch 64 on 8 GPUs, cutoff 256, tau 0.05, lambda 1000, last-token pooling, 1 epoch, linear decay
+    with 10% warm-up, seed 42); the SFT twin differs only by the contrastive term."""
+    monkeypatch.chdir(REPO)
+    cfg = load_config(path, check_paths=False)
+    lora = cfg.model.lora
+    assert (lora.r, lora.alpha, sorted(lora.target_modules)) == (16, 16.0, ["k_proj", "o_proj", "q_proj", "v_proj"])
+    o = cfg.optim
+    assert (o.lr, o.micro_batch_size, o.micro_batch_size * o.gradient_accumulation_steps * 8) == (1e-4, 2, 64)
+    assert (o.epochs, o.max_steps, o.schedule, o.warmup_ratio, o.seed) == (1, 0, "linear", 0.1, 42)
+    assert cfg.data.max_length == 256 and cfg.data.prompt_format == "plain"
+    c = cfg.coin
+    assert (c.temperature, c.max_weight, c.weighting, c.pooling, c.gen_loss) == (0.05, 1000.0, "adaptive", "last", "both")
+    assert c.contrastive is ("sft" not in path)
+    twin = load_config("configs/llama2_7b_sft_lora.yaml", check_paths=False)
+    for section in ("model", "data", "optim", "deepspeed"):
+        assert getattr(twin, section) == getattr(cfg, section), section
+
+
 def test_overrides_are_typed(monkeypatch, train_file):
     monkeypatch.chdir(REPO)
     cfg = load_config("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", "optim.lr=1e-4",
@@ -67,11 +89,37 @@ def test_overrides_are_typed(monkeypatch, train_file):
         ("model.dtype=int8", "model.dtype: expected one of fp32, bf16, fp16"),
         ("coin=3", "coin: expected a mapping"),
         ("optim.lr", "expected key.sub=value"),
+        ("model.lora=5", "model.lora: expected a mapping, got 5"),
+        ("model.lora.r=0", "model.lora.r: expected an integer >= 1"),
+        ("model.lora.dropout=1", "model.lora.dropout: expected a number in [0, 1)"),
+        ("model.lora.target_modules=", "model.lora.target_modules: expected at least one module name"),
+        ("model.lora.rank=4", "unknown key 'model.lora.rank' (expected one of: r, alpha, dropout, target_modules)"),
+        ("model.quantization=8bit", "model.quantization: a quantized base is frozen: it needs model.lora"),
+        ("model.quantization=3bit", "model.quantization: expected null, 8bit or 4bit"),
+        ("output.export_merged=true", "output.export_merged: only for LoRA runs (model.lora)"),
+        ("data.prompt_format=jinja", "data.prompt_format: expected one of plain, chat"),
+        ("data.system_prompt=Be brief.", "data.system_prompt: only used with data.prompt_format: chat"),
     ],
 )
 def test_bad_values(monkeypatch, train_file, override, expected):
     monkeypatch.chdir(REPO)
     assert expected in _error("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", override])
+
+
+def test_lora_settings_and_overrides(monkeypatch, train_file):
+    monkeypatch.chdir(REPO)
+    base = ["data.train=" + train_file, "data.eval=null"]
+    assert load_config("configs/tiny.yaml", base).model.lora is None  # absent: full parameters
+    cfg = load_config("configs/tiny.yaml", base + ["model.lora.r=8", "model.lora.target_modules=q_proj,v_proj"])
+    assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.target_modules) == (8, 16.0, ["q_proj", "v_proj"])
+    full = load_config("configs/llama2_7b_coin_lora.yaml", ["model.lora=null", "output.export_merged=false"],
+                       check_paths=False)
+    assert full.model.lora is None
+    cfg = load_config("configs/tiny.yaml", base + ["model.lora.r=4", "model.quantization=4bit",
+                                                   "deepspeed.config=ds_configs/cpu_zero2.json"])
+    assert cfg.model.quantization == "4bit"
+    assert "cannot be partitioned by ZeRO-3" in _error(
+        "configs/tiny.yaml", base + ["model.lora.r=4", "model.quantization=4bit"])
 
 
 def test_missing_paths(monkeypatch, train_file, tmp_path):
