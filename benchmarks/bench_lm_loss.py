@@ -10,7 +10,9 @@ during the step, and the figure is the peak increase over the RSS just before th
             each chunk recomputed in backward
 
 Two label layouts: a FLAN-like short response (last 32 tokens of each sequence) and the worst
-case (every position labelled).
+case (every position labelled); and two heads: trainable (the lean loss recomputes each chunk in
+backward) and frozen (LoRA: the lean loss's frozen-head path, per-token gradients computed in
+forward, no recomputation).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ SEQ, MICRO_BATCH, RESPONSE = 512, 8, 32
 
 
 
-def _measure(variant: str, labelled: str, repeats: int) -> dict:
+def _measure(variant: str, labelled: str, head: str, repeats: int) -> dict:
     import torch
 
     from coin.training.batch import IGNORE_INDEX
@@ -35,6 +37,7 @@ def _measure(variant: str, labelled: str, repeats: int) -> dict:
 
     torch.manual_seed(0)
     lm = load_model(ModelConfig())
+    lm.get_output_embeddings().requires_grad_(head == "trainable")
     model = CoinModel(lm)
     n = 2 * MICRO_BATCH
     input_ids = torch.randint(3, lm.config.vocab_size, (n, SEQ))
@@ -58,12 +61,12 @@ def _measure(variant: str, labelled: str, repeats: int) -> dict:
 
     step()  # warm-up (allocator, lazy init)
     times, peak_mib = time_and_peak(step, repeats)
-    return {"variant": variant, "labelled": labelled, "peak_mib": peak_mib, "step_s": min(times)}
+    return {"variant": variant, "labelled": labelled, "head": head, "peak_mib": peak_mib, "step_s": min(times)}
 
 
-def _child(variant: str, labelled: str, repeats: int) -> dict:
+def _child(variant: str, labelled: str, head: str, repeats: int) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", variant, labelled, str(repeats)],
+        [sys.executable, __file__, "--child", variant, labelled, head, str(repeats)],
         check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -72,9 +75,10 @@ def _child(variant: str, labelled: str, repeats: int) -> dict:
 def run(quick: bool = False) -> str:
     repeats = 1 if quick else 3
     rows = []
-    for labelled in ("response", "all"):
-        naive, lean = _child("naive", labelled, repeats), _child("lean", labelled, repeats)
-        rows.append((labelled, naive, lean))
+    for head in ("trainable", "frozen"):
+        for labelled in ("response", "all"):
+            naive, lean = _child("naive", labelled, head, repeats), _child("lean", labelled, head, repeats)
+            rows.append((head, labelled, naive, lean))
     lines = [
         "## Memory-lean LM loss vs full-vocabulary logits",
         "",
@@ -84,13 +88,13 @@ def run(quick: bool = False) -> str:
         "",
         "Command: `python benchmarks/bench_lm_loss.py`",
         "",
-        "| labelled positions | naive peak (MiB) | lean peak (MiB) | peak ratio lean/naive | naive step (s) | lean step (s) | time ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| head | labelled positions | naive peak (MiB) | lean peak (MiB) | peak ratio lean/naive | naive step (s) | lean step (s) | time ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for labelled, naive, lean in rows:
+    for head, labelled, naive, lean in rows:
         what = f"response (last {RESPONSE})" if labelled == "response" else "all"
         lines.append(
-            f"| {what} | {naive['peak_mib']:.0f} | {lean['peak_mib']:.0f} | {lean['peak_mib'] / naive['peak_mib']:.2f} "
+            f"| {head} | {what} | {naive['peak_mib']:.0f} | {lean['peak_mib']:.0f} | {lean['peak_mib'] / naive['peak_mib']:.2f} "
             f"| {naive['step_s']:.2f} | {lean['step_s']:.2f} | {lean['step_s'] / naive['step_s']:.2f} |"
         )
     lines += ["", "Target: lean peak at most 0.5x the naive peak."]
@@ -99,6 +103,6 @@ def run(quick: bool = False) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(_measure(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        print(json.dumps(_measure(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))))
     else:
         print(run(quick="--quick" in sys.argv))
