@@ -136,8 +136,9 @@ def chat_template(tokenizer) -> str:
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         raise CoinError(
-            f"data.prompt_format: chat: the tokenizer '{_name(tokenizer)}' has no chat template (chat_template in tokenizer_config.json or chat_template.jinja); "
-            f"use data.prompt_format: plain, or a tokenizer that has one"
+            f"data.prompt_format: chat: the tokenizer '{_name(tokenizer)}' has no chat template (no chat_template "
+            f"in its tokenizer_config.json, no chat_template.jinja); use data.prompt_format: plain, or a tokenizer "
+            f"that has one"
         )
     return template if isinstance(template, str) else repr(sorted(template.items()))
 

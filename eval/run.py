@@ -92,8 +92,8 @@ def _prompt_format(args):
         chat = base.chat if args.prompt_format is None else args.prompt_format == "chat"
         if args.system_prompt is not None and not chat:
             raise CoinError("--system-prompt: only used with the chat format (--prompt-format chat)")
-        fmt = dataclasses.replace(base, chat=chat,
-                                  system_prompt=args.system_prompt if args.system_prompt is not None else base.system_prompt)
+        system = base.system_prompt if args.system_prompt is None else args.system_prompt
+        fmt = dataclasses.replace(base, chat=chat, system_prompt=system)
     return fmt
 
 
@@ -113,7 +113,8 @@ def _check_args(args) -> None:
         if m != "tiny" and looks_like_path and not os.path.isdir(os.path.expanduser(m)):
             raise CoinError(f"--model: directory '{m}' does not exist")
         d = os.path.expanduser(m)
-        if os.path.isdir(d) and not any(os.path.isfile(os.path.join(d, f)) for f in ("config.json", "adapter_config.json")):
+        model_files = ("config.json", "adapter_config.json")
+        if os.path.isdir(d) and not any(os.path.isfile(os.path.join(d, f)) for f in model_files):
             raise CoinError(f"--model: '{m}' is not a Hugging Face model directory (no config.json) nor a LoRA "
                             f"adapter directory (no adapter_config.json); `coin export` writes one of them")
 

@@ -154,8 +154,10 @@ class Engine:
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None, enabled=hasattr(param, "ds_id")):
                 if is_main:
                     state[name] = param.detach().to("cpu", copy=True)
-        if not is_main or trainable_only:
-            return state if is_main else None
+        if not is_main:
+            return None
+        if trainable_only:
+            return state
         persistent = set(self.module.state_dict().keys())
         for name, buf in self.module.named_buffers():
             if name in persistent:
@@ -172,7 +174,8 @@ class Engine:
         training = lm.training
         lm.eval()
         try:
-            out = lm(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False)
+            out = lm(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                     use_cache=False)
         finally:
             lm.train(training)
         return out.logits.float().cpu()

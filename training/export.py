@@ -31,6 +31,7 @@ directory. From a checkpoint (adapters only) the base weights are read again fro
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -77,7 +78,8 @@ def write_hf_dir(state_dict: dict[str, torch.Tensor], hf_config_dir: str, out_di
     _write_companions(hf_config_dir, out_dir, run_config_yaml, final_metrics)
 
 
-def _write_companions(hf_config_dir: str, out_dir: str, run_config_yaml: str | None, final_metrics: dict | None) -> None:
+def _write_companions(hf_config_dir: str, out_dir: str, run_config_yaml: str | None,
+                      final_metrics: dict | None) -> None:
     """The tokenizer, the run config and the final metrics next to exported weights."""
     from transformers import AutoTokenizer
 
@@ -173,7 +175,7 @@ def _base_with_adapters(mcfg, adapters: dict[str, torch.Tensor]) -> dict[str, to
     adapters: a CoinModel state dict for `merge_lora`."""
     from .model import load_model
 
-    lm = load_model(mcfg)
+    lm = load_model(dataclasses.replace(mcfg, quantization=None))  # merged weights are plain, never quantized
     state = {f"lm.{k}": v for k, v in lm.state_dict().items()}
     missing = [k for k in adapters if k not in state]
     if missing:

@@ -250,9 +250,9 @@ class CoinModel(nn.Module):
         )
         return out.last_hidden_state
 
-    def num_parameters(self) -> int:
+    def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count (works on ZeRO-3 partitioned parameters too)."""
-        return sum(_numel(p) for p in self.parameters())
+        return sum(_numel(p) for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def flops_per_token(self, seq_len: float, label_fraction: float) -> float:
         """Training FLOPs per token (forward + backward), for MFU.

@@ -167,8 +167,9 @@ class Trainer:
             self.monitor.write_text("config/run", run_yaml)
             self.monitor.write_text("config/deepspeed", ds_json)
             self.monitor.print(
-                f"coin train: {self.world} rank(s), {model.num_parameters() / 1e6:.1f}M parameters, "
-                f"{self.total_steps} steps of {cfg.optim.micro_batch_size} x {cfg.optim.gradient_accumulation_steps} "
+                f"coin train: {self.world} rank(s), {model.num_parameters() / 1e6:.1f}M parameters"
+                + (f" ({model.num_parameters(trainable_only=True) / 1e6:.2f}M trained: LoRA)" if cfg.model.lora else "")
+                + f", {self.total_steps} steps of {cfg.optim.micro_batch_size} x {cfg.optim.gradient_accumulation_steps} "
                 f"x {self.world} examples, {steps_per_epoch} steps per epoch, output {self.out_dir}"
                 + (f", resumed at step {self.step}" if resume else "")
             )

@@ -73,3 +73,18 @@ def test_eval_takes_the_adapter_and_the_merged_model(chat_run, tmp_path):
     assert len(adapter_scores) == 8  # 4 examples x (clean + checklist)
     for a, m in zip(adapter_scores, merged_scores):
         assert a == pytest.approx(m, abs=1e-4)
+
+
+def test_eval_options_override_the_format():
+    import argparse
+
+    from coin.errors import CoinError
+    from coin.eval import run
+
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    fmt = run._prompt_format(parser.parse_args(["--model", "tiny", "--prompt-format", "chat", "--system-prompt", "Hi."]))
+    assert fmt.chat and fmt.system_prompt == "Hi."
+    assert run._prompt_format(parser.parse_args(["--model", "tiny"])) is None  # each model's own format
+    with pytest.raises(CoinError, match="--system-prompt: only used with the chat format"):
+        run._prompt_format(parser.parse_args(["--model", "tiny", "--system-prompt", "Hi."]))
