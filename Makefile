@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` (the whole pipeline on the tiny default, CPU) and
-# `make test` (the test suite). Both install the package on first use.
+# `make test` (the test suite). Both install on first use (scripts/install.sh: the Python
+# packages, and Debian's WordNet when run as root with apt-get).
 PYTHON ?= python3
 export DS_ACCELERATOR ?= cpu
 export OMP_NUM_THREADS ?= 1
@@ -7,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 .PHONY: demo test install bench
 
 .installed: setup.py scripts/install.sh
-	bash scripts/install.sh
+	PYTHON=$(PYTHON) bash scripts/install.sh
 
 install: .installed
 

@@ -20,3 +20,13 @@ def read_json(path: str, error: type[CoinError] = CoinError, what: str = "file")
             raise error(f"{path}: not UTF-8 text ({e.reason})") from None
         except json.JSONDecodeError as e:
             raise error(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def warn(prog: str, message: str) -> None:
+    """A user-facing warning: one line `PROG: warning: MESSAGE` on stderr, from rank 0 only (every
+    rank of a launcher meets the same input and would repeat it)."""
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)

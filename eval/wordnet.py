@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from coin.errors import CoinError
+from coin.paths import wordnet_disabled, wordnet_hint
 
 
 class WordNetMissing(CoinError):
@@ -57,6 +58,9 @@ def candidate_dirs() -> list[str]:
 
 
 def find_wordnet() -> str | None:
+    """The first candidate directory holding the database; None if none does (or COIN_NO_WORDNET)."""
+    if wordnet_disabled():
+        return None
     for d in candidate_dirs():
         if all(os.path.isfile(os.path.join(d, f"{kind}.{name}")) for name in POS_FILES.values() for kind in ("index", "data")):
             return d
@@ -93,11 +97,8 @@ class WordNet:
         """The database under `root` (default: the first found, see `candidate_dirs`), cached."""
         root = root or find_wordnet()
         if root is None:
-            raise WordNetMissing(
-                "the word-level attacks (textfooler, bertattack) need WordNet: install Debian's "
-                "`wordnet-base` (apt-get install wordnet-base) or set COIN_WORDNET_DIR to a WordNet 3 dict directory "
-                f"(looked in {', '.join(candidate_dirs())})"
-            )
+            where = "" if wordnet_disabled() else f" (looked in {', '.join(candidate_dirs())})"
+            raise WordNetMissing(f"the word-level attacks (textfooler, bertattack) need WordNet: {wordnet_hint()}{where}")
         if root not in cls._instances:
             cls._instances[root] = cls(root)
         return cls._instances[root]

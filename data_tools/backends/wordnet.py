@@ -26,14 +26,13 @@ import tempfile
 import warnings
 
 from coin.errors import CoinError
-from coin.paths import cache_root
+from coin.paths import WORDNET_PACKAGES as DEBIAN_PACKAGES, cache_root, wordnet_disabled, wordnet_hint
 
 from ..filters import Candidate
 from ..units import Unit
 from . import stable_seed
 
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
-DEBIAN_PACKAGES = "wordnet-base wordnet-sense-index"
 REQUIRED_FILES = tuple(f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")) + tuple(
     f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv"))
 OPTIONAL_FILES = ("index.sense", "cntlist.rev")
@@ -67,15 +66,18 @@ _READERS: dict[str, object] = {}
 
 
 def check_wordnet(wordnet_dir: str | None = None) -> str:
-    """The WordNet dict directory to use; a `CoinError` naming the Debian packages if it is incomplete."""
+    """The WordNet dict directory to use; a `CoinError` saying how to get WordNet if it is incomplete
+    (or switched off with COIN_NO_WORDNET)."""
     src = wordnet_dir or os.environ.get("COIN_WORDNET_DIR") or DEFAULT_WORDNET_DIR
+    if wordnet_disabled():
+        raise CoinError(f"wordnet backend: needs WordNet: {wordnet_hint()}")
     missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(src, f))]
     if missing:
         raise CoinError(
             f"wordnet backend: the WordNet database is missing from {src} (no {', '.join(missing[:3])}"
             f"{', ...' if len(missing) > 3 else ''}): install the Debian packages {DEBIAN_PACKAGES} "
-            f"(`apt-get install {DEBIAN_PACKAGES}` or `scripts/install.sh --system`), or pass --wordnet-dir "
-            f"with a WordNet 3.0 dict directory"
+            f"(`apt-get install {DEBIAN_PACKAGES}` as root; the first `make demo` or `make test` does it when run "
+            f"as root), or pass --wordnet-dir with a WordNet 3.0 dict directory"
         )
     return src
 

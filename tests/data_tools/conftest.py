@@ -17,13 +17,15 @@ def demo_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def wordnet():
-    """NLTK's WordNet over Debian's /usr/share/wordnet (skips, naming the packages, when absent)."""
-    import os
+    """NLTK's WordNet over Debian's /usr/share/wordnet (skips, saying how to get it, when absent or
+    switched off with COIN_NO_WORDNET)."""
+    from coin.data_tools.backends.wordnet import check_wordnet, ensure_wordnet
+    from coin.errors import CoinError
 
-    from coin.data_tools.backends.wordnet import DEBIAN_PACKAGES, DEFAULT_WORDNET_DIR, ensure_wordnet
-
-    if not os.path.isfile(os.path.join(DEFAULT_WORDNET_DIR, "data.noun")):
-        pytest.skip(f"needs the Debian packages {DEBIAN_PACKAGES} (WordNet in {DEFAULT_WORDNET_DIR})")
+    try:
+        check_wordnet()
+    except CoinError as e:
+        pytest.skip(str(e))
     return ensure_wordnet()
 
 
