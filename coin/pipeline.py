@@ -26,6 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
     parser.add_argument("--config", default=None, help="run config (default: configs/tiny.yaml of this checkout)")
     parser.add_argument("--nproc", type=int, default=2, help="training ranks (default 2)")
+    parser.add_argument("--master-port", "--master_port", type=int, default=None, metavar="PORT",
+                        help="the training ranks' rendezvous port (default: $MASTER_PORT, else a free one)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the config's optim.max_steps)")
     parser.add_argument("--train-per-task", type=int, default=150, help="demo training examples per task")
     parser.add_argument("--eval-per-task", type=int, default=40, help="demo held-out examples per task")
@@ -78,8 +80,9 @@ def main(args) -> int:
     if steps:
         overrides += [f"optim.max_steps={steps}", f"output.save_every={max(steps // 2, 1)}",
                       f"logging.eval_every={max(steps // 2, 1)}", f"logging.log_every={max(min(5, steps // 2), 1)}"]
+    port = [] if args.master_port is None else ["--master-port", str(args.master_port)]
     _run(f"CoIN training ({args.nproc} ranks, DeepSpeed ZeRO-3) and export",
-         ["train", "--config", config, "--nproc", str(args.nproc), *overrides, *args.overrides], log)
+         ["train", "--config", config, "--nproc", str(args.nproc), *port, *overrides, *args.overrides], log)
 
     glue = os.path.join(data, "glue")  # the held-out instances, written by `coin data demo`
     _run("robustness evaluation", [

@@ -41,9 +41,7 @@ def load_token_cache(cfg: RunConfig, path: str, tokenizer):
         return build_token_cache(path, tokenizer, fmt, cfg.data.max_length, _cache_dir(cfg),
                                  show_progress=dist.rank() == 0)
 
-    dataset = build() if dist.rank() == 0 else None
-    dist.barrier()
-    return dataset if dataset is not None else build()
+    return dist.main_first(build)
 
 
 class _Split:

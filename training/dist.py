@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+
+T = TypeVar("T")
 
 
 def init() -> None:
@@ -58,6 +62,31 @@ def device() -> torch.device:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def main_first(fn: Callable[[], T]) -> T:
+    """`fn()` on rank 0, then (after rank 0 is done) on the other ranks, which typically read what
+    rank 0 wrote. A CoinError on rank 0 (bad input) is raised on every rank with its message, so
+    that all stop with status 2 and only rank 0 has something to say: without this, the others
+    would wait at a barrier that rank 0 never reaches and die with a gloo traceback."""
+    from coin.errors import CoinError
+
+    error, result = None, None
+    if rank() == 0:
+        try:
+            result = fn()
+        except CoinError as e:
+            if world_size() == 1:
+                raise
+            error = e
+    if world_size() > 1:
+        message = [None if error is None else str(error)]
+        dist.broadcast_object_list(message, src=0)
+        if error is not None:
+            raise error
+        if message[0] is not None:
+            raise CoinError(message[0])
+    return result if rank() == 0 else fn()
 
 
 def shutdown(code: int = 0) -> None:

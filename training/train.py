@@ -6,10 +6,12 @@
     deepspeed --num_gpus N --module coin.training.train --config X.yaml ...
 
 Without `--nproc` and without a launcher the run is one process. `--nproc N` re-launches the same
-command under `torchrun --standalone --nproc_per_node N` on this machine and stays as its parent:
-it forwards SIGTERM/SIGUSR1 to the ranks (torchrun itself is told to ignore them, so it does not
-kill ranks that are writing their preemption checkpoint) and returns the ranks' exit status,
-which a bare torchrun would turn into 1.
+command under torchrun's launcher on this machine (`coin.training.torchrun`: torchrun, returning
+the ranks' own status) and stays as its parent: it forwards SIGTERM/SIGUSR1 to the ranks
+(torchrun itself is told to ignore them, so it does not kill ranks that are writing their
+preemption checkpoint) and returns the ranks' exit status, which a bare torchrun would turn into
+1 with a ChildFailedError dump. The rendezvous port is `--master-port`, else $MASTER_PORT, else a
+free one (torchrun's --standalone).
 
 Exit status: 0 completed; 75 (`PREEMPTED_EXIT_CODE`) preempted by SIGTERM/SIGUSR1 after writing
 a checkpoint (requeue: `resume: auto` continues); 3 stopped after too many non-finite losses;
@@ -18,7 +20,6 @@ a checkpoint (requeue: `resume: auto` continues); 3 stopped after too many non-f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="run config overrides, e.g. optim.lr=2e-5")
     parser.add_argument("--nproc", type=int, default=None, metavar="N",
-                        help="run N ranks on this machine (re-launches under torchrun --standalone)")
+                        help="run N ranks on this machine (re-launches under torchrun)")
+    parser.add_argument("--master-port", "--master_port", type=int, default=None, metavar="PORT",
+                        help="with --nproc: the rendezvous port (default: $MASTER_PORT, else a free one)")
     # the deepspeed launcher appends --local_rank=R; LOCAL_RANK in the environment says the same
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -50,7 +53,9 @@ def main(args: argparse.Namespace) -> int:
             raise CoinError(f"--nproc: expected an integer >= 1, got {args.nproc}")
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
             raise CoinError("--nproc: this process already runs under a launcher (RANK is set); drop --nproc")
-        return launch(args, cfg.output.dir)
+        return launch(args)
+    if args.master_port is not None:
+        raise CoinError("--master-port: only with --nproc (a launcher of your own takes its own port option)")
     return run(cfg)
 
 
@@ -109,14 +114,35 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def launch(args: argparse.Namespace, output_dir: str) -> int:
+def master_port(given: int | None) -> int | None:
+    """The rendezvous port of a --nproc run: --master-port, else $MASTER_PORT, else None (a free one)."""
+    where = "--master-port"
+    if given is None and os.environ.get("MASTER_PORT", "").strip():
+        where, text = "MASTER_PORT", os.environ["MASTER_PORT"].strip()
+        if not text.isdigit():
+            raise CoinError(f"MASTER_PORT: expected a port number, got {text!r}")
+        given = int(text)
+    if given is not None and not 1 <= given <= 65535:
+        raise CoinError(f"{where}: expected a port in 1..65535, got {given}")
+    return given
+
+
+def torchrun_command(nproc: int, port: int | None, rank_args: list[str]) -> list[str]:
+    """The launcher command of --nproc: torchrun on this machine (`coin.training.torchrun`), at `port`
+    or, without one, on a free port (--standalone)."""
+    where = ["--standalone"] if port is None else ["--nnodes=1", "--master-addr=127.0.0.1", f"--master-port={port}"]
+    return [sys.executable, "-m", "coin.training.torchrun", *where, f"--nproc-per-node={nproc}",
+            "-m", "coin.training.train", *rank_args]
+
+
+def launch(args: argparse.Namespace) -> int:
     """Run this command on `args.nproc` local ranks under torchrun; returns the ranks' exit status."""
     from .trainer import PREEMPT_SIGNALS
 
     launch_id = uuid.uuid4().hex
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "coin.training.train", "--config", args.config, *args.overrides]
-    env = dict(os.environ, COIN_LAUNCH_ID=launch_id, TORCHELASTIC_SIGNALS_TO_HANDLE="SIGINT,SIGHUP,SIGQUIT")
+    cmd = torchrun_command(args.nproc, master_port(args.master_port), ["--config", args.config, *args.overrides])
+    # PET_SIGNALS_TO_HANDLE is torchrun's --signals-to-handle: without SIGTERM, it never stops ranks itself
+    env = dict(os.environ, COIN_LAUNCH_ID=launch_id, PET_SIGNALS_TO_HANDLE="SIGINT,SIGHUP,SIGQUIT")
     env.setdefault("OMP_NUM_THREADS", "1")
 
     def ignore_preemption_signals():  # in torchrun (its ranks install their own handlers)
@@ -143,20 +169,7 @@ def launch(args: argparse.Namespace, output_dir: str) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if rc == 0:
-        return EXIT_OK
-    status = _read_status(output_dir)
-    if status and status.get("launch_id") == launch_id and status.get("exit_code"):
-        return int(status["exit_code"])
-    return rc if rc > 0 else EXIT_CRASH
-
-
-def _read_status(output_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(output_dir, "run_status.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return rc if rc >= 0 else 128 - rc  # coin.training.torchrun exits with the ranks' own status
 
 
 # ----------------------------------------------------------------------------- python -m

@@ -126,10 +126,11 @@ class Trainer:
         self.is_main = self.rank == 0
         seed_everything(cfg.optim.seed)
         self.pool = NegativePool(enabled=cfg.coin.gather, group_size=cfg.coin.gather_group_size)
-        if self.is_main:
+        def prepare():  # rank 0 first: it materialises the tiny default; the others then find it
             os.makedirs(self.out_dir, exist_ok=True)
-            resolve_model_path(cfg.model)  # rank 0 materialises the tiny default; the others then find it
-        dist.barrier()
+            resolve_model_path(cfg.model)
+
+        dist.main_first(prepare)
 
         # data first: a bad data file fails in seconds, before any model loads
         self.tokenizer = load_tokenizer(cfg.model)

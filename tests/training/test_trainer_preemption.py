@@ -28,6 +28,7 @@ def _preempt_and_resume(straight, tmp_path, send) -> int:
             proc.kill()
     log = (tmp_path / "first.log").read_text()
     assert code == PREEMPTED_EXIT_CODE, log[-3000:]
+    assert "ChildFailedError" not in log and "Traceback" not in log  # the ranks' status, without a dump
     status = json.loads((out / "run_status.json").read_text())
     stopped = status["step"]
     assert status["status"] == "preempted" and 1 <= stopped < STEPS, status
