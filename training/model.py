@@ -91,12 +91,71 @@ def resolve_model_path(mcfg: ModelConfig) -> str:
     return tiny_model_dir(mcfg.tiny) if mcfg.name_or_path == "tiny" else mcfg.name_or_path
 
 
-def load_tokenizer(mcfg: ModelConfig, padding_side: str = "right"):
-    """The tokenizer, with a pad token (unk, else eos) when it has none."""
+# Any of these in a directory means it carries a tokenizer (sentencepiece, BPE, WordPiece, fast).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "tekken.json")
+
+
+def _may_be_hub_id(name: str) -> bool:
+    """`org/name` or `name`: what the Hugging Face hub accepts; `./x`, `/x`, `~/x`, `a/b/c` are paths."""
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and "\\" not in name
+
+
+def model_path_error(path: str, what: str, tokenizer: bool = True) -> str | None:
+    """Why `path` (given as `what`, e.g. model.name_or_path or --model) cannot be loaded from disk, or
+    None: it is `tiny`, a directory (with tokenizer files, if `tokenizer`), or absent but possibly a hub id."""
+    if path == "tiny":
+        return None
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(full):
+        if _may_be_hub_id(path):
+            return None
+        return f"{what}: '{path}' was not found on disk (no directory {full})"
+    if tokenizer and os.path.isdir(full) and not any(os.path.isfile(os.path.join(full, f)) for f in TOKENIZER_FILES):
+        held = sorted(os.listdir(full))
+        return (f"{what}: directory '{path}' has no tokenizer files (expected one of {', '.join(TOKENIZER_FILES[:3])} "
+                f"or another tokenizer file; it holds {', '.join(held[:10]) or 'nothing'}"
+                f"{', ...' if len(held) > 10 else ''}): copy the tokenizer of the model it came from into it "
+                f"(`coin export` writes it), or set model.tokenizer")
+    return None
+
+
+def _from_pretrained(load, path: str, what: str, tokenizer: bool, **kwargs):
+    """`load(path)`; a path that is not on disk is said to be so before (and if) the hub fails too."""
+    problem = model_path_error(path, what, tokenizer)
+    if problem:
+        raise ConfigError(problem)
+    if path != "tiny" and not os.path.exists(os.path.expanduser(path)):
+        _say_once(f"coin: {what}: '{path}' is not a directory on disk here ({os.getcwd()}): trying it as a "
+                  f"Hugging Face hub id")
+        try:
+            return load(path, **kwargs)
+        except OSError as e:  # offline, unknown repository, no access
+            raise ConfigError(f"{what}: '{path}' was not found on disk (no directory {os.path.abspath(path)}) nor "
+                              f"loaded from the Hugging Face hub ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    return load(path, **kwargs)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    import sys
+
+    if message not in _SAID and os.environ.get("RANK", "0") == "0":
+        _SAID.add(message)
+        print(message, file=sys.stderr, flush=True)
+
+
+def load_tokenizer(mcfg: ModelConfig, padding_side: str = "right", what: str | None = None):
+    """The tokenizer, with a pad token (unk, else eos) when it has none. A directory without
+    tokenizer files, or a path that exists neither on disk nor on the hub, is a ConfigError naming
+    `what` (default: the config key, model.tokenizer or model.name_or_path)."""
     from transformers import AutoTokenizer
 
     path = mcfg.tokenizer or resolve_model_path(mcfg)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
+    what = what or ("model.tokenizer" if mcfg.tokenizer else "model.name_or_path")
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, path, what, True, trust_remote_code=mcfg.trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     if tok.pad_token is None:
@@ -105,14 +164,15 @@ def load_tokenizer(mcfg: ModelConfig, padding_side: str = "right"):
     return tok
 
 
-def load_model(mcfg: ModelConfig, ds_config: dict | None = None) -> nn.Module:
+def load_model(mcfg: ModelConfig, ds_config: dict | None = None, what: str = "model.name_or_path") -> nn.Module:
     """A causal LM from a path or hub id, with LoRA adapters when `mcfg.lora` is set.
 
     With a ZeRO-3 `ds_config`, an `HfDeepSpeedConfig` is alive during `from_pretrained`, so the
     weights are partitioned as they load. The returned model keeps a reference to it. The adapters
     are added after loading (peft); the engine partitions them with the rest. A PEFT adapter
     directory (what `coin export` writes for a LoRA run) loads, for inference, as its base model
-    with the adapter merged in.
+    with the adapter merged in. A path that is neither on disk nor on the hub is a ConfigError
+    naming `what`.
     """
     from transformers import AutoModelForCausalLM
 
@@ -130,8 +190,8 @@ def load_model(mcfg: ModelConfig, ds_config: dict | None = None) -> nn.Module:
     extra = {}
     if mcfg.quantization:
         extra = {"quantization_config": _quantization_config(mcfg), "device_map": {"": torch.cuda.current_device()}}
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
+    model = _from_pretrained(
+        AutoModelForCausalLM.from_pretrained, path, what, False,
         dtype=DTYPES[mcfg.dtype],
         attn_implementation=mcfg.attn_implementation,
         trust_remote_code=mcfg.trust_remote_code,
