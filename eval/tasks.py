@@ -213,7 +213,53 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        raise TaskError(f"unknown task '{name}' (known: {', '.join(sorted(TASKS))})") from None
+        near = [t for t in TASKS if norm_key(t) == norm_key(name)]
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise TaskError(f"unknown task '{name}' (known: {', '.join(sorted(TASKS))}){hint}") from None
+
+
+# ----------------------------------------------------------------------------- names in users' files
+
+
+def norm_key(name: str) -> str:
+    """A task or attack name as users spell it, reduced for matching: `SST-2`, `sst_2` -> `sst2`."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+# GLUE leaderboard short forms of the two MNLI sets.
+_SHORT = {"mnli_matched": ("mnli-m",), "mnli_mismatched": ("mnli-mm",)}
+
+
+def key_rank(key: str, spec: TaskSpec) -> int | None:
+    """How well a key of a user's file names task `spec`: 0 the exact name, 1 another spelling of
+    it (`SST-2`, `sst_2`, `MNLI-m`), 2 its family (`mnli` for mnli_matched and mnli_mismatched: the
+    GLUE config, the PromptBench dataset, the GLUE folder); None: another task."""
+    if key == spec.name:
+        return 0
+    k = norm_key(key)
+    if k in {norm_key(spec.name), *map(norm_key, _SHORT.get(spec.name, ()))}:
+        return 1
+    if k in {norm_key(n) for n in (spec.glue_config, spec.promptbench, *spec.glue_dirs) if n}:
+        return 2
+    return None
+
+
+def match_task_keys(keys: Sequence[str], specs: Mapping[str, TaskSpec], where: str) -> tuple[dict[str, str], list[str]]:
+    """({task: the key of `keys` that serves it}, [keys that name no registered task]).
+
+    Per task the best-ranked key wins (`key_rank`): an exact name before another spelling before
+    the family, so a file with `mnli` serves both MNLI sets and one with `mnli_matched` too uses
+    that for the matched set. Two keys of the same rank for one task are an error naming both."""
+    served: dict[str, str] = {}
+    for name, spec in specs.items():
+        ranked = sorted((r, k) for k in keys if (r := key_rank(k, spec)) is not None)
+        if not ranked:
+            continue
+        if len(ranked) > 1 and ranked[0][0] == ranked[1][0]:
+            raise TaskError(f"{where}: keys '{ranked[0][1]}' and '{ranked[1][1]}' both name task '{name}'")
+        served[name] = ranked[0][1]
+    unknown = [k for k in keys if all(key_rank(k, s) is None for s in TASKS.values())]
+    return served, unknown
 
 
 def parse_tasks(text: str) -> list[TaskSpec]:
