@@ -95,3 +95,81 @@ def test_saved_combined_mnli_reads_back(tmp_path):
     save_examples(get_task("mnli"), rows, str(tmp_path))
     data = load_task_data(get_task("mnli"), str(tmp_path), n_examples=0)
     assert data.labels == [0, 1, 2] and data.total == 3
+
+
+# ----------------------------------------------------------------------------- files as users have them
+
+
+def _write(path, lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _q(text):  # a CSV field as csv.writer quotes it
+    return '"' + text.replace('"', '""') + '"'
+
+
+SST2 = [("A fine, moving film.", 1), ("Dull and \"far\" too long.", 0), ("I loved every minute", 1)]
+COLA = [("The cat sat on the mat.", 1), ("Mat the on sat cat the.", 0), ("She reads books.", 1)]
+
+
+@pytest.mark.parametrize("folder,name,lines,want", [
+    # headerless two-column TSVs in either column order, in the folder spellings found in the wild
+    ("SST2", "dev.tsv", [f"{y}\t{x}" for x, y in SST2], "label = column 0, sentence = column 1"),
+    ("sst-2", "validation.tsv", [f"{x}\t{y}" for x, y in SST2], "sentence = column 0, label = column 1"),
+    ("Sst_2", "Dev.TSV", [f"{x}\t{['negative', 'positive'][y]}" for x, y in SST2], "label = column 1"),
+    # CSVs: quoted fields, a header of other names (skipped, recorded), or the HF column names
+    ("sst2", "dev.csv", ["review,stars"] + [f"{_q(x)},{y}" for x, y in SST2], "header skipped"),
+    ("sst2", "validation.csv", ["label,sentence"] + [f"{y},{_q(x)}" for x, y in SST2], ""),  # GLUE's names
+])
+def test_sst2_files_as_users_have_them(tmp_path, folder, name, lines, want):
+    _write(os.path.join(tmp_path, folder, name), lines)
+    data = load_task_data(get_task("sst2"), str(tmp_path), n_examples=0)
+    assert [(e["sentence"], e["label"]) for e in data.examples] == [(" ".join(x.split()), y) for x, y in SST2]
+    assert data.source.startswith(os.path.join(str(tmp_path), folder, name)) and want in data.source
+
+
+def test_headerless_cola_and_pair_tasks(tmp_path):
+    _write(os.path.join(tmp_path, "CoLA", "dev.tsv"), [f"{x}\t{y}" for x, y in COLA])  # not GLUE's 4 columns
+    assert [(e["sentence"], e["label"]) for e in load_task_data(get_task("cola"), str(tmp_path)).examples] == COLA
+    rows = [("A man sleeps.", "Nobody sleeps.", "not_entailment"), ("It rains.", "It is wet.", "entailment")]
+    _write(os.path.join(tmp_path, "RTE", "dev.tsv"), [f"{lab}\t{a}\t{b}" for a, b, lab in rows])
+    data = load_task_data(get_task("rte"), str(tmp_path))  # label detected; the inputs in file order
+    assert [(e["sentence1"], e["sentence2"], e["label"]) for e in data.examples] == [
+        ("A man sleeps.", "Nobody sleeps.", 1), ("It rains.", "It is wet.", 0)]
+
+
+def test_column_mapping_from_the_command_line(tmp_path):
+    from coin.eval.loaders import column_mappings
+
+    spec = get_task("sst2")
+    # both columns hold only 0/1: the label column cannot be told, the error shows what was found
+    path = _write(os.path.join(tmp_path, "sst2", "dev.tsv"), ["0\t1", "1\t1", "1\t0"])
+    with pytest.raises(DataError, match=r"dev.tsv: cannot tell the columns for task 'sst2' \(it needs sentence and a "
+                                        r"label column.*found 2 tab-separated columns, columns 0, 1 all holding only "
+                                        r"labels; first lines: '0\\t1' \| '1\\t1'; name them with --columns "
+                                        r"sst2=label:0,sentence:1"):
+        load_task_data(spec, str(tmp_path))
+    (mapping,) = column_mappings(["sst2=sentence:0,label:1"]).values()
+    data = load_task_data(spec, str(tmp_path), columns=mapping)
+    assert [(e["sentence"], e["label"]) for e in data.examples] == [("0", 1), ("1", 1), ("1", 0)]
+    assert "--columns: sentence = column 0, label = column 1" in data.source
+    os.remove(path)
+    write_jsonl(os.path.join(tmp_path, "sst2", "validation.jsonl"), [{"text": "good", "polarity": "positive"}])
+    data = load_task_data(spec, str(tmp_path), columns={"sentence": "text", "label": "polarity"})
+    assert data.examples[0]["sentence"] == "good" and data.labels == [1]
+    with pytest.raises(DataError, match="--columns sst2: expected exactly the fields sentence, label; missing: label"):
+        load_task_data(spec, str(tmp_path), columns={"sentence": "text"})
+    with pytest.raises(DataError, match=r"--columns label:stars: no key 'stars' \(keys: text, polarity\)"):
+        load_task_data(spec, str(tmp_path), columns={"sentence": "text", "label": "stars"})
+    with pytest.raises(DataError, match="--columns: expected TASK=FIELD:COLUMN"):
+        column_mappings(["sst2"])
+
+
+def test_a_file_of_another_shape_shows_what_it_holds(tmp_path):
+    _write(os.path.join(tmp_path, "SST-2", "dev.tsv"), ["id\tsentence\tscore", "1\tGood.\t0.9", "2\tBad.\t0.1"])
+    with pytest.raises(DataError, match=r"found 3 tab-separated columns, no column holding only labels; first lines: "
+                                        r"'id\\tsentence\\tscore' \| '1\\tGood.\\t0.9'"):
+        load_task_data(get_task("sst2"), str(tmp_path))
