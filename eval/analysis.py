@@ -128,28 +128,37 @@ def representation_analysis(model, tokenizer, task: TaskData, instructions: Inst
 
 
 def plot_representations(analyses: Mapping[str, dict], path: str) -> str:
-    """One scatter per model, side by side, points coloured by perturbation level."""
+    """One scatter per model, side by side, points coloured by perturbation level; one legend for
+    the figure, above the panels (clear of the points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [n for n, a in analyses.items() if a and a.get("projection")]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 5.6), squeeze=False)
+    handles = {}
     for ax, name in zip(axes[0], names):
         a = analyses[name]
         p = a["projection"]
         for lv in LEVELS:
             idx = [i for i, l in enumerate(p["level"]) if l == lv]
             if idx:
-                ax.scatter([p["x"][i] for i in idx], [p["y"][i] for i in idx], s=6, alpha=0.6,
-                           c=LEVEL_COLOURS[lv], label=lv)
+                handles[lv] = ax.scatter([p["x"][i] for i in idx], [p["y"][i] for i in idx], s=8, alpha=0.6,
+                                         c=LEVEL_COLOURS[lv], label=lv)
         cos = ", ".join(f"{k} {v:.3f}" for k, v in a.get("mean_cosine", {}).items() if not math.isnan(v))
-        ax.set_title(f"{name}: {a['task']} ({p['method'].upper()})\ncos to clean: {cos}", fontsize=8)
+        ax.set_title(f"{name}: {a['task']}, mean cosine to clean\n{cos}", fontsize=9)
+        axis = "PC" if p["method"] == "pca" else p["method"].upper()
+        ax.set_xlabel(f"{axis} 1", fontsize=10)
+        ax.set_ylabel(f"{axis} 2", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.legend(fontsize=7, markerscale=2)
-    fig.tight_layout()
+    levels = [lv for lv in LEVELS if lv in handles]
+    ncol = len(levels) if len(names) > 1 else 3  # one panel: two legend rows fit its width
+    fig.legend([handles[lv] for lv in levels], levels, loc="upper center", ncol=ncol, frameon=False, fontsize=10,
+               markerscale=2, title="instruction", title_fontsize=9)
+    rows = -(-len(levels) // ncol)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.45 + 0.3 * rows) / fig.get_figheight()))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -1,8 +1,10 @@
-"""Accuracy, its spread over instructions, and answer consistency.
+"""Accuracy, its spread over instructions, answer consistency, and the figures that tell a
+collapsed model from a robust one.
 
 Per task:
-* per instruction (task x attack x index): accuracy = correct / examples (a parse failure, -1,
-  is wrong);
+* per instruction (task x attack x index): accuracy = correct / examples; parse failures (-1,
+  generation only) are not correct and are counted apart (`parse_failures`, and per level in
+  `parse_failure_rates`), so the report can show them as their own category;
 * per attack and per perturbation level: the mean and the *population* std (ddof 0) of the
   instruction accuracies (a level pools the instructions of both its attacks), as the paper;
 * consistency, three views of "do answers to the same example agree across instruction variants":
@@ -11,11 +13,19 @@ Per task:
     pairwise[level]              mean over examples of the fraction of agreeing pairs among the
                                  level's instructions (clean included as a level);
     overall                      the same over all instructions of the task (the headline score).
-  A parse failure agrees with nothing.
+  A parse failure agrees with nothing;
+* degenerate answers: `majority_accuracy`, the accuracy of always answering the most frequent
+  label of the evaluated subset; per instruction `answer_share`, the share of the examples that
+  get its most frequent answer (`most_frequent_answer`; a parse failure counts as one answer,
+  -1), `collapsed` when it exceeds COLLAPSE_SHARE; `max_answer_share` over the instructions.
+  A constant model scores exactly `majority_accuracy` at best, with std 0 and consistency 1:
+  these figures are what tells it from a robust one.
 
 Per model, `overall` averages over tasks: for each level the mean accuracy and the mean std (the
-paper's Figure 3 bars and error bars), the same per attack, and `perturbed` = the average of the
-perturbed levels present.
+paper's Figure 3 bars and error bars), the same per attack, `perturbed` = the average of the
+perturbed levels present, the mean parse-failure rate per level, `majority_accuracy` (mean over
+tasks), `max_answer_share` (max over tasks) and `collapsed`, every [task, instruction key]
+whose answer share exceeds COLLAPSE_SHARE.
 """
 from __future__ import annotations
 
@@ -24,6 +34,8 @@ from collections import Counter
 from typing import Mapping, Sequence
 
 from .tasks import ATTACKS, LEVELS
+
+COLLAPSE_SHARE = 0.95  # an instruction whose most frequent answer exceeds this share is flagged
 
 
 def mean_std(values: Sequence[float]) -> dict:
@@ -55,9 +67,12 @@ def summarize_task(rows: Sequence[dict], labels: Sequence[int]) -> dict:
     for r in rows:
         preds = r["predictions"]
         correct = sum(int(p == y) for p, y in zip(preds, labels))
+        answer, count = Counter(preds).most_common(1)[0] if preds else (None, 0)
+        share = count / len(preds) if preds else math.nan
         row = dict(r)
         row.update(correct=correct, n=len(labels), accuracy=correct / len(labels) if labels else math.nan,
-                   parse_failures=sum(1 for p in preds if p < 0))
+                   parse_failures=sum(1 for p in preds if p < 0), answer_share=share, most_frequent_answer=answer,
+                   collapsed=bool(share > COLLAPSE_SHARE))
         out_rows.append(row)
     by_attack = {a: mean_std([r["accuracy"] for r in out_rows if r["attack"] == a])
                  for a in ("clean",) + ATTACKS if any(r["attack"] == a for r in out_rows)}
@@ -79,7 +94,19 @@ def summarize_task(rows: Sequence[dict], labels: Sequence[int]) -> dict:
         "pairwise": {lv: _pairwise([r["predictions"] for r in out_rows if r["level"] == lv]) for lv in by_level},
         "overall": _pairwise([r["predictions"] for r in out_rows]),
     }
-    return {"instructions": out_rows, "by_attack": by_attack, "by_level": by_level, "consistency": consistency}
+    failures = {lv: _rate([r for r in out_rows if r["level"] == lv]) for lv in by_level}
+    return {
+        "instructions": out_rows, "by_attack": by_attack, "by_level": by_level, "consistency": consistency,
+        "majority_accuracy": Counter(labels).most_common(1)[0][1] / len(labels) if labels else math.nan,
+        "max_answer_share": max((r["answer_share"] for r in out_rows), default=math.nan),
+        "parse_failure_rates": {"by_level": failures, "overall": _rate(out_rows)},
+    }
+
+
+def _rate(rows: Sequence[dict]) -> float:
+    """Parse failures per answer over the rows."""
+    n = sum(r["n"] for r in rows)
+    return sum(r["parse_failures"] for r in rows) / n if n else math.nan
 
 
 def _avg(values: Sequence[float]) -> float:
@@ -111,4 +138,9 @@ def summarize_model(tasks: Mapping[str, dict]) -> dict:
                                                for t in tasks.values()]) for lv in levels if lv != "clean"},
             "overall": _avg([t["consistency"]["overall"] for t in tasks.values()]),
         },
+        "parse_failure_rates": {lv: _avg([t["parse_failure_rates"]["by_level"][lv] for t in tasks.values()
+                                          if lv in t["parse_failure_rates"]["by_level"]]) for lv in levels},
+        "majority_accuracy": _avg([t["majority_accuracy"] for t in tasks.values()]),
+        "max_answer_share": max((t["max_answer_share"] for t in tasks.values()), default=math.nan),
+        "collapsed": [[name, r["key"]] for name, t in tasks.items() for r in t["instructions"] if r["collapsed"]],
     }

@@ -37,9 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=42, help="seeds the example subset and the generated perturbations")
     g.add_argument("--label-words", action="append", default=[], metavar="TASK=W0,W1",
                    help="override a task's label words (in label-id order)")
+    g.add_argument("--columns", action="append", default=[], metavar="TASK=FIELD:COL,...",
+                   help="which column of the task's file holds each input column and the label: a 0-based "
+                        "index or a header name, e.g. sst2=label:0,sentence:1 (default: detected, docs/eval.md)")
     g = p.add_argument_group("instructions")
     g.add_argument("--instructions", default="generated",
                    help="generated | generated:CLEAN.json | promptbench:PATH | FILE.json")
+    g.add_argument("--instruction-layout", default="auto", choices=("auto", "task-attack", "attack-task"),
+                   help="how a JSON instruction file nests: task -> attack -> list (ours) or attack -> task -> "
+                        "list (the CoIN paper's, PromptBench's); auto detects it")
     g.add_argument("--promptbench-victim", default="t5_zeroshot",
                    help="which adv_prompts/<victim>.md of a PromptBench directory (e.g. vicuna_zeroshot)")
     g.add_argument("--attacks", default="all", help="'all', or attack names / levels (textbugger,word,...)")
@@ -51,7 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--scoring", default="likelihood", choices=("likelihood", "generate"))
     g.add_argument("--parse", default="robust", choices=("robust", "strict"), help="generate: how text maps to a label")
-    g.add_argument("--length-normalize", action="store_true", help="likelihood: mean instead of sum of token log-probs")
+    g.add_argument("--label-score", default="calibrated", choices=("calibrated", "sum", "mean"),
+                   help="likelihood: how labels are ranked: calibrated (the label's log-likelihood minus its log "
+                        "prior under the instruction on content-free inputs), sum or mean of its token log-probs")
     g.add_argument("--max-new-tokens", type=int, default=7)
     g.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
     g.add_argument("--max-length", type=int, default=512, help="tokens per sequence (the prompt body is truncated)")
@@ -108,24 +116,26 @@ def _check_args(args) -> None:
         raise CoinError("--max-length: expected an integer >= 16")
     if args.model_name and len(args.model_name) != len(args.model):
         raise CoinError(f"--model-name: given {len(args.model_name)} times for {len(args.model)} --model")
+    from coin.training.model import model_path_error
+
     for m in args.model:  # a path must exist; an `org/name` hub id cannot be checked offline
-        looks_like_path = m.startswith((".", "/", "~")) or m.count("/") > 1
-        if m != "tiny" and looks_like_path and not os.path.isdir(os.path.expanduser(m)):
-            raise CoinError(f"--model: directory '{m}' does not exist")
         d = os.path.expanduser(m)
         model_files = ("config.json", "adapter_config.json")
         if os.path.isdir(d) and not any(os.path.isfile(os.path.join(d, f)) for f in model_files):
             raise CoinError(f"--model: '{m}' is not a Hugging Face model directory (no config.json) nor a LoRA "
                             f"adapter directory (no adapter_config.json); `coin export` writes one of them")
+        problem = model_path_error(m, "--model")
+        if problem:
+            raise CoinError(problem)
 
 
 def run(args) -> dict | None:
     """Everything `main` does, returning the results (None with --only-instructions)."""
     from coin.training import dist
 
-    from .instructions import parse_attacks, resolve_instructions
-    from .loaders import load_task_data
-    from .report import write_report
+    from .instructions import check_requested_attacks, parse_attacks, resolve_instructions
+    from .loaders import column_mappings, load_task_data
+    from .report import summary_text, write_report
     from .runner import evaluate_models
     from .tasks import label_word_overrides, load_task_file, parse_tasks
 
@@ -135,9 +145,11 @@ def run(args) -> dict | None:
     specs = parse_tasks(args.tasks)
     overrides = label_word_overrides(args.label_words)
     names = {s.name for s in specs}
-    for task in overrides:
-        if task not in names:
-            raise CoinError(f"--label-words: task '{task}' is not among --tasks ({', '.join(sorted(names))})")
+    columns = column_mappings(args.columns)
+    for option, given in (("--label-words", overrides), ("--columns", columns)):
+        for task in given:
+            if task not in names:
+                raise CoinError(f"{option}: task '{task}' is not among --tasks ({', '.join(sorted(names))})")
     specs = [s.with_label_words(overrides[s.name]) if s.name in overrides else s for s in specs]
     fmt = _prompt_format(args)
     attacks = parse_attacks(args.attacks)
@@ -151,8 +163,8 @@ def run(args) -> dict | None:
     elif rep_task not in names:
         raise CoinError(f"--representation: task '{rep_task}' is not among --tasks ({', '.join(sorted(names))})")
     # the data first: a missing or empty dataset fails before any instruction is generated
-    tasks = [] if args.only_instructions else [load_task_data(s, args.data, args.n_examples or None, args.seed)
-                                               for s in specs]
+    tasks = [] if args.only_instructions else [
+        load_task_data(s, args.data, args.n_examples or None, args.seed, columns=columns.get(s.name)) for s in specs]
 
     lm_scorer = None
     if args.attack_lm and "bertattack" in attacks and args.instructions.startswith("generated"):
@@ -165,7 +177,9 @@ def run(args) -> dict | None:
         lm_scorer = causal_lm_scorer(load_model(mcfg).to(dist.device()).eval(), load_tokenizer(mcfg))
     iset = resolve_instructions(args.instructions, {s.name: s for s in specs}, attacks=attacks,
                                 n_instructions=args.n_instructions or None, seed=args.seed,
-                                victim=args.promptbench_victim, lm_scorer=lm_scorer, progress=progress)
+                                victim=args.promptbench_victim, lm_scorer=lm_scorer, progress=progress,
+                                layout=args.instruction_layout)
+    check_requested_attacks(iset, args.attacks)
     if dist.rank() == 0:
         iset.save(os.path.join(args.out, "instructions.json"))
     if args.only_instructions:
@@ -175,8 +189,9 @@ def run(args) -> dict | None:
 
     settings = {
         "tasks": [s.name for s in specs], "data": args.data, "n_examples": args.n_examples, "seed": args.seed,
-        "instructions": iset.source, "attacks": attacks, "n_instructions": args.n_instructions,
-        "scoring": args.scoring, "parse": args.parse, "length_normalize": args.length_normalize,
+        "instructions": iset.source, "attacks": [a for a in attacks if a not in iset.skipped],
+        "skipped_attacks": iset.skipped, "n_instructions": args.n_instructions,
+        "scoring": args.scoring, "parse": args.parse, "label_score": args.label_score,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "max_length": args.max_length,
         "prompt_format": "per model (coin_run_config.yaml, else the default)" if fmt is None else
         {"template": fmt.template, "add_bos": fmt.add_bos, "add_eos": fmt.add_eos}, "dtype": args.dtype,
@@ -187,18 +202,12 @@ def run(args) -> dict | None:
         attn_implementation=args.attn_implementation, representation_task=rep_task,
         representation_examples=args.representation_examples, projection=args.projection, seed=args.seed,
         settings=settings, scoring=args.scoring, prompt_format=fmt, batch_size=args.batch_size,
-        max_length=args.max_length, max_new_tokens=args.max_new_tokens, length_normalize=args.length_normalize,
+        max_length=args.max_length, max_new_tokens=args.max_new_tokens, label_score=args.label_score,
         parse=args.parse, progress=progress,
     )
     if dist.rank() == 0:
         paths = write_report(results, args.out, plots=not args.no_plots)
-        lines = [f"coin eval: {paths['report']}"]
-        for name, m in results["models"].items():
-            o = m["overall"]
-            clean = o["by_level"].get("clean", {}).get("accuracy", float("nan"))
-            lines.append(f"  {name}: clean {100 * clean:.1f}%, perturbed {100 * o['perturbed']['accuracy']:.1f}% "
-                         f"(std {100 * o['perturbed']['std']:.1f}), consistency {100 * o['consistency']['overall']:.1f}%")
-        print("\n".join(lines))
+        print(f"coin eval: {paths['report']}\n" + summary_text(results))
     return results
 
 

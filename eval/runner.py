@@ -28,7 +28,9 @@ from coin.training import dist
 from .instructions import InstructionSet
 from .loaders import TaskData
 from .metrics import summarize_model, summarize_task
-from .scoring import argmax_label, check_label_words, generate_texts, label_scores, parse_prediction
+from .scoring import (
+    LABEL_SCORES, argmax_label, check_label_words, content_free_priors, generate_texts, label_scores, parse_prediction,
+)
 from .tasks import render_prompt
 
 RESULTS_FORMAT = "coin-eval/1"
@@ -74,18 +76,22 @@ def _vocab_size(model) -> int | None:
 
 def evaluate(model, tokenizer, tasks: Sequence[TaskData], instructions: InstructionSet, *,
              scoring: str = "likelihood", prompt_format: PromptFormat | None = None, batch_size: int = 32,
-             max_length: int = 512, max_new_tokens: int = 7, length_normalize: bool = False,
+             max_length: int = 512, max_new_tokens: int = 7, label_score: str = "calibrated",
              parse: str = "robust", progress: bool = True, model_name: str = "model",
              device: torch.device | None = None) -> dict:
     """Score every (task, instruction, example) and summarise (metrics.summarize_task/_model).
 
-    Returns {"model", "scoring", "tasks": {task: summary}, "overall": {...}, "seconds",
-    "examples_per_second"}; each instruction row of a task summary carries `predictions` (label
-    id per example, -1 = parse failure) and `scores` (likelihood) or `outputs` (generate).
+    Returns {"model", "scoring", "label_score", "tasks": {task: summary}, "overall": {...},
+    "seconds", "examples_per_second"}; each instruction row of a task summary carries
+    `predictions` (label id per example, -1 = parse failure) and `scores` (likelihood: the ranked
+    scores, `label_score` of scoring.py) or `outputs` (generate); with `calibrated`, also `prior`
+    (the instruction's log prior per label, computed on every rank: a few prompts per instruction).
     Raises LabelWordError before any scoring when a label word is not in the model's vocabulary.
     """
     if scoring not in ("likelihood", "generate"):
         raise ValueError(f"scoring: expected 'likelihood' or 'generate', got {scoring!r}")
+    if label_score not in LABEL_SCORES:
+        raise ValueError(f"label_score: expected one of {', '.join(LABEL_SCORES)}, got {label_score!r}")
     fmt = prompt_format or PromptFormat()
     for td in tasks:
         if not instructions.for_task(td.spec.name):
@@ -110,13 +116,23 @@ def evaluate(model, tokenizer, tasks: Sequence[TaskData], instructions: Instruct
                 prompts.append(render_prompt(td.spec, ins.text, ex))
         groups.append(group)
     batches = plan_batches(groups, [len(p) for p in prompts], batch_size)
+    calibrate = scoring == "likelihood" and label_score == "calibrated"
+    priors: dict[tuple[int, str], list[float]] = {}
+    for t, td in enumerate(tasks) if calibrate else ():
+        ins_list = instructions.for_task(td.spec.name)
+        values = content_free_priors(model, tokenizer, fmt, td.spec, [i.text for i in ins_list],
+                                     max_length=max_length, batch_size=batch_size, device=device)
+        priors.update({(t, ins.key): v for ins, v in zip(ins_list, values)})
 
     def run_batch(batch: Sequence[int]) -> list[tuple]:
         spec = tasks[items[batch[0]][0]].spec
         ps = [prompts[i] for i in batch]
         if scoring == "likelihood":
             scores = label_scores(model, tokenizer, fmt, ps, spec.label_words, max_length=max_length,
-                                  batch_size=len(ps), length_normalize=length_normalize, device=device)
+                                  batch_size=len(ps), score="mean" if label_score == "mean" else "sum", device=device)
+            if calibrate:
+                scores = [[v - p for v, p in zip(row, priors[items[i][0], items[i][1].key])]
+                          for i, row in zip(batch, scores)]
             return [(argmax_label(s), s) for s in scores]
         texts = generate_texts(model, tokenizer, fmt, ps, max_new_tokens=max_new_tokens, max_length=max_length,
                                batch_size=len(ps), device=device)
@@ -134,6 +150,7 @@ def evaluate(model, tokenizer, tasks: Sequence[TaskData], instructions: Instruct
             row = rows.setdefault(ins.key, {
                 "key": ins.key, "attack": ins.attack, "level": ins.level, "index": ins.index, "text": ins.text,
                 "predictions": [None] * len(td), ("scores" if scoring == "likelihood" else "outputs"): [None] * len(td),
+                **({"prior": priors[t, ins.key]} if calibrate else {}),
             })
             pred, extra = outputs[i]
             row["predictions"][e] = int(pred)
@@ -145,6 +162,7 @@ def evaluate(model, tokenizer, tasks: Sequence[TaskData], instructions: Instruct
     return {
         "model": model_name,
         "scoring": scoring,
+        "label_score": label_score if scoring == "likelihood" else None,
         "tasks": task_results,
         "overall": summarize_model(task_results),
         "seconds": seconds,
@@ -227,8 +245,10 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[TaskData], instructio
         fmt, fmt_source = (fixed_format, "given") if fixed_format is not None else model_prompt_format(
             resolve_model_path(mcfg))
         try:
-            tokenizer = load_tokenizer(mcfg)
-            model = load_model(mcfg).to(device)
+            tokenizer = load_tokenizer(mcfg, what="--model")
+            model = load_model(mcfg, what="--model").to(device)
+        except CoinError:
+            raise
         except (OSError, ValueError) as e:  # not a model directory, or a hub id while offline
             raise CoinError(f"--model {path}: could not load a causal LM and its tokenizer "
                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None

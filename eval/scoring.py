@@ -5,19 +5,32 @@ task, the sequence is `data_tools.prompt.encode(tokenizer, fmt, p, w, max_length
 sequence training would build with w as the response (the prompt is run once and its key/value
 cache shared by the K label words), and
 
-    score(w) = sum_{t in response tokens} log P(token_t | tokens_<t)
+    sum(w)  = sum_{t in response tokens} log P(token_t | tokens_<t)
+    mean(w) = sum(w) / (number of response tokens)
 
-(`length_normalize=True` divides by the number of response tokens; the default does not, so a
-label that needs more tokens pays for each of them, as a generated answer would). The prediction
-is the label with the highest score; ties go to the lower label id. Rows are right-padded into
-batches of `batch_size` prompts (all their candidates together); the model's final-norm hidden
-states (`coin.training.model.CoinModel`) go through the output head at the response positions
-only, in float32, so the vocabulary-sized logits of the prompt positions are never formed.
+`label_scores` returns either. `--label-score` (the runner) chooses how labels are ranked:
+
+    calibrated (default)  sum(w | p) - log prior(w): the prior is the label distribution the
+                          instruction induces on content-free inputs (`CONTENT_FREE`), the mean
+                          over them of softmax_k sum(w_k | p_cf) (contextual calibration, Zhao et
+                          al. 2021; for the ranking the same as domain-conditional PMI, Holtzman et
+                          al. 2021). What a label's spelling costs (its number of tokens, their
+                          frequencies) is the same with and without the input, so it cancels.
+    sum                   the plain sequence log-likelihood (a label spelled with more tokens pays
+                          for each; a weak model then answers the shorter label everywhere)
+    mean                  per-token mean (removes the count, but favours long labels once a
+                          model predicts a word's later tokens from its first)
+
+docs/eval.md#scoring gives the reasons. The prediction is the label with the highest score;
+ties go to the lower label id. Rows are right-padded into batches of `batch_size` prompts (all
+their candidates together); the model's final-norm hidden states
+(`coin.training.model.CoinModel`) go through the output head at the response positions only, in
+float32, so the vocabulary-sized logits of the prompt positions are never formed.
 
 Greedy generation (the PromptBench protocol, for comparability): the prompt alone
 (`encode(..., response="")`), left-padded in batches, `max_new_tokens` (7) new tokens with
 `do_sample=False`; `parse_prediction` maps the text to a label id or -1 (a parse failure, which
-counts as wrong).
+is not correct and is reported as its own category).
 """
 from __future__ import annotations
 
@@ -30,6 +43,11 @@ from coin.data_tools.prompt import PromptFormat, encode
 from coin.errors import CoinError
 
 from .tasks import TaskSpec
+
+
+LABEL_SCORES = ("calibrated", "sum", "mean")
+# Zhao et al. (2021)'s content-free inputs, put in every input column of the task.
+CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 class LabelWordError(CoinError):
@@ -70,15 +88,19 @@ def _head_and_decoder(model):
 
 @torch.no_grad()
 def label_scores(model, tokenizer, fmt: PromptFormat, prompts: Sequence[str], label_words: Sequence[str], *,
-                 max_length: int = 512, batch_size: int = 32, length_normalize: bool = False,
+                 max_length: int = 512, batch_size: int = 32, score: str = "sum",
                  device: torch.device | None = None, shared_prefix: bool = True) -> list[list[float]]:
-    """scores[i][k]: the log-likelihood of label word k as the response to prompts[i].
+    """scores[i][k]: the log-likelihood of label word k as the response to prompts[i], summed over
+    its tokens (`score="sum"`) or their mean (`"mean"`).
 
     With `shared_prefix` (the default) each prompt is run once and its key/value cache reused for
     the K label words (see `score_shared_prefix`); prompts whose K encodings do not share the
     prompt tokens (truncation that depends on the label's length) and models whose cache cannot be
     repeated take the plain path: one full sequence per (prompt, label).
     """
+    if score not in ("sum", "mean"):
+        raise ValueError(f"score: expected 'sum' or 'mean', got {score!r}")
+    mean = score == "mean"
     k = len(label_words)
     encoded = [[encode(tokenizer, fmt, p, w, max_length) for w in label_words] for p in prompts]
     out: list[list[float] | None] = [None] * len(prompts)
@@ -92,7 +114,7 @@ def label_scores(model, tokenizer, fmt: PromptFormat, prompts: Sequence[str], la
         res = score_shared_prefix(
             model, [encoded[i][0][0][: encoded[i][0][1]] for i in chunk],
             [[ids[plen:] for ids, plen in encoded[i]] for i in chunk],
-            pad_id=tokenizer.pad_token_id, length_normalize=length_normalize, device=device)
+            pad_id=tokenizer.pad_token_id, mean=mean, device=device)
         if res is None:  # this model's cache cannot be shared: score everything the plain way
             plain = sorted(plain + shared[b:])
             break
@@ -100,8 +122,8 @@ def label_scores(model, tokenizer, fmt: PromptFormat, prompts: Sequence[str], la
             out[i] = r
     if plain:
         rows = [row for i in plain for row in encoded[i]]
-        flat = score_sequences(model, rows, pad_id=tokenizer.pad_token_id, batch_rows=batch_size * k,
-                               length_normalize=length_normalize, device=device)
+        flat = score_sequences(model, rows, pad_id=tokenizer.pad_token_id, batch_rows=batch_size * k, mean=mean,
+                               device=device)
         for j, i in enumerate(plain):
             out[i] = flat[j * k:(j + 1) * k]
     return out  # type: ignore[return-value]
@@ -109,7 +131,7 @@ def label_scores(model, tokenizer, fmt: PromptFormat, prompts: Sequence[str], la
 
 @torch.no_grad()
 def score_shared_prefix(model, prompts: Sequence[list[int]], candidates: Sequence[Sequence[list[int]]], *,
-                        pad_id: int, length_normalize: bool = False,
+                        pad_id: int, mean: bool = False,
                         device: torch.device | None = None) -> list[list[float]] | None:
     """Log-likelihood of each candidate continuation after its prompt, the prompt run once.
 
@@ -163,7 +185,7 @@ def score_shared_prefix(model, prompts: Sequence[list[int]], candidates: Sequenc
         logp = head(h).float().log_softmax(-1).gather(1, torch.tensor(tgt, device=device)[:, None])[:, 0]
         flat = scores.view(-1)
         flat.index_add_(0, torch.tensor(r_idx), logp.double().cpu())
-    if length_normalize:
+    if mean:
         lengths = torch.tensor([[len(c) for c in cands] for cands in candidates], dtype=torch.float64)
         scores = scores / lengths
     return scores.tolist()
@@ -171,7 +193,7 @@ def score_shared_prefix(model, prompts: Sequence[list[int]], candidates: Sequenc
 
 @torch.no_grad()
 def score_sequences(model, rows: Sequence[tuple[list[int], int]], *, pad_id: int, batch_rows: int = 64,
-                    length_normalize: bool = False, device: torch.device | None = None) -> list[float]:
+                    mean: bool = False, device: torch.device | None = None) -> list[float]:
     """Sum (or mean) log-probability of tokens[prompt_len:] given their prefix, per (ids, prompt_len) row."""
     wrapped = _head_and_decoder(model)
     device = device or next(model.parameters()).device
@@ -196,9 +218,25 @@ def score_sequences(model, rows: Sequence[tuple[list[int], int]], *, pad_id: int
         sums = torch.zeros(len(chunk), dtype=torch.float64, device=device)
         sums.index_add_(0, torch.tensor(r_idx, device=device), tok.double())
         counts = torch.bincount(torch.tensor(r_idx, dtype=torch.long), minlength=len(chunk)).clamp(min=1).double()
-        res = sums.cpu() / counts if length_normalize else sums.cpu()
+        res = sums.cpu() / counts if mean else sums.cpu()
         out += res.tolist()
     return out
+
+
+def content_free_priors(model, tokenizer, fmt: PromptFormat, spec: TaskSpec, instructions: Sequence[str], *,
+                        max_length: int = 512, batch_size: int = 32,
+                        device: torch.device | None = None) -> list[list[float]]:
+    """Per instruction, log prior(w_k) of the calibrated score: the log of the mean over the
+    `CONTENT_FREE` inputs of the label distribution softmax_k sum(w_k | instruction with that input)
+    (Zhao et al., 2021)."""
+    from .tasks import render_prompt
+
+    c = len(CONTENT_FREE)
+    prompts = [render_prompt(spec, text, {col: cf for col in spec.columns}) for text in instructions
+               for cf in CONTENT_FREE]
+    raw = torch.tensor(label_scores(model, tokenizer, fmt, prompts, spec.label_words, max_length=max_length,
+                                    batch_size=batch_size, device=device), dtype=torch.float64)
+    return raw.softmax(-1).view(len(instructions), c, -1).mean(1).log().tolist()
 
 
 def argmax_label(scores: Sequence[float]) -> int:
@@ -245,14 +283,52 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[_\-]+", " ", text.lower())).strip()
 
 
+# Negation in a generated answer ("not acceptable", "isn't grammatically acceptable", "no entailment").
+_NEGATORS = frozenset("not no never non isnt arent wasnt werent doesnt dont didnt cannot cant wont".split())
+_NEITHER = frozenset(("neither", "nor"))  # "neither positive nor negative" names no label
+_CLAUSE_BREAKS = frozenset("but however though although yet rather instead".split())
+_NEGATED_PREFIXES = ("not ", "non ", "non", "un", "in", "im", "il", "ir", "dis")
+
+
+def _opposite(i: int, label_words: Sequence[str]) -> int | None:
+    """The label that says "not label i": one spelled as its negation (not_x, un-x, x for not_x,
+    ...), else, in a two-label task, the other one; None when the task has no such label."""
+    v = _norm(label_words[i])
+    for j, w in enumerate(label_words):
+        u = _norm(w)
+        if j != i and any(u == p + v or v == p + u for p in _NEGATED_PREFIXES):
+            return j
+    return 1 - i if len(label_words) == 2 else None
+
+
+def _negation(before: str) -> str | None:
+    """'negated', 'neither' or None: how the up to three words before a label mention, within its
+    clause, qualify it."""
+    clause = re.split(r"[.,;:!?()\[\]\n]", before)[-1]
+    words = [re.sub(r"[^a-z]", "", w) for w in clause.split()]
+    for k in range(len(words) - 1, -1, -1):
+        if words[k] in _CLAUSE_BREAKS:
+            words = words[k + 1:]
+            break
+    window = words[-3:]
+    if any(w in _NEITHER for w in window):
+        return "neither"
+    return "negated" if any(w in _NEGATORS for w in window) else None
+
+
 def parse_prediction(text: str, label_words: Sequence[str], mode: str = "robust") -> int:
-    """The label id a generated text names, or -1.
+    """The label id a generated text names, or -1 (a parse failure).
 
     strict  PromptBench's rule: lowercase, drop <pad>/</s>, strip punctuation and spaces from both
             ends, then the label the text starts with (longest label first).
     robust  the label named earliest in the text, as a whole word, with '_' '-' and spaces
             interchangeable and case ignored ("Answer: Not entailment." -> not_entailment); at one
-            position the longest label wins, so "not_entailment" never reads as "entailment".
+            position the longest label wins, so "not_entailment" never reads as "entailment". A
+            mention negated within its clause ("not acceptable", "isn't really positive", "no
+            entailment": not/no/never/n't among the three words before it) names the opposite
+            label: the one spelled as its negation (unacceptable, not_entailment), else the other
+            label of a two-label task; where there is none (MNLI's "not neutral") or the mention
+            is under "neither/nor", it names nothing and the next mention decides.
     """
     low = text.lower().replace("<pad>", "").replace("</s>", "").replace("<s>", "")
     if mode == "strict":
@@ -263,15 +339,26 @@ def parse_prediction(text: str, label_words: Sequence[str], mode: str = "robust"
         return -1
     if mode != "robust":
         raise ValueError(f"parse mode: expected 'strict' or 'robust', got {mode!r}")
-    t = _norm(low)
-    best: tuple[int, int, int] | None = None  # (start, -length, id)
+    t = _norm(low.replace("\u2019", "'"))
+    mentions = []  # (start, -length, id, end)
     for i, w in enumerate(label_words):
         v = _norm(w)
         for m in re.finditer(r"(?<![a-z0-9])" + re.escape(v) + r"(?![a-z0-9])", t):
-            cand = (m.start(), -len(v), i)
-            if best is None or cand < best:
-                best = cand
-    return -1 if best is None else best[2]
+            mentions.append((m.start(), -len(v), i, m.end()))
+    mentions.sort()
+    covered_to = -1
+    for start, _, i, end in mentions:
+        if start < covered_to:
+            continue  # inside a longer label named at an earlier or the same position
+        covered_to = end
+        how = _negation(t[:start])
+        if how is None:
+            return i
+        if how == "negated":
+            j = _opposite(i, label_words)
+            if j is not None:
+                return j
+    return -1
 
 
 def causal_lm_scorer(model, tokenizer, batch_size: int = 16) -> Callable[[Sequence[str]], list[float]]:

@@ -56,3 +56,29 @@ def test_summarize_model_averages_over_tasks():
     assert o["perturbed"]["accuracy"] == pytest.approx(0.5)
     assert o["consistency"]["agreement_with_clean"]["sentence"] == pytest.approx((0.5 + 1.0) / 2)
     assert mean_std([])["n"] == 0 and math.isnan(mean_std([])["mean"])
+
+
+def test_majority_class_and_answer_shares_flag_a_collapsed_model():
+    labels = [0] * 14 + [1] * 6  # majority class: 70%
+    always = [0] * 20  # a constant model: exactly the majority class, std 0, perfectly "consistent"
+    nearly = [0] * 19 + [1]  # 95%: not above the threshold
+    varied = [0, 1] * 10
+    failing = [-1] * 20  # every answer unparsed: one answer too
+    rows = [_row("clean", "clean", 0, always), _row("clean", "clean", 1, nearly),
+            _row("checklist", "sentence", 0, varied), _row("checklist", "sentence", 1, failing)]
+    s = summarize_task(rows, labels)
+    assert s["majority_accuracy"] == pytest.approx(0.7)
+    by_key = {r["key"]: r for r in s["instructions"]}
+    assert by_key["clean/0"]["accuracy"] == pytest.approx(0.7) and by_key["clean/0"]["answer_share"] == 1.0
+    assert by_key["clean/0"]["most_frequent_answer"] == 0 and by_key["clean/0"]["collapsed"]
+    assert by_key["clean/1"]["answer_share"] == pytest.approx(0.95) and not by_key["clean/1"]["collapsed"]
+    assert by_key["checklist/0"]["answer_share"] == pytest.approx(0.5) and not by_key["checklist/0"]["collapsed"]
+    assert by_key["checklist/1"]["most_frequent_answer"] == -1 and by_key["checklist/1"]["collapsed"]
+    assert s["max_answer_share"] == 1.0
+    assert s["parse_failure_rates"] == {"by_level": {"clean": 0.0, "sentence": 0.5}, "overall": 0.25}
+    other = summarize_task([_row("clean", "clean", 0, varied)], labels)
+    o = summarize_model({"a": s, "b": other})
+    assert o["majority_accuracy"] == pytest.approx(0.7)
+    assert o["max_answer_share"] == 1.0
+    assert o["collapsed"] == [["a", "clean/0"], ["a", "checklist/1"]]
+    assert o["parse_failure_rates"] == {"clean": 0.0, "sentence": 0.5}

@@ -94,7 +94,7 @@ def test_report_files_are_written_and_parse(report):
 
 
 def test_each_model_is_prompted_as_it_was_trained(report):
-    from coin.eval.scoring import label_scores
+    from coin.eval.scoring import content_free_priors, label_scores
     from coin.training.config import ModelConfig
     from coin.training.model import load_model, load_tokenizer
 
@@ -107,9 +107,10 @@ def test_each_model_is_prompted_as_it_was_trained(report):
     cola = tasks[0]
     row = noisy["tasks"]["cola"]["instructions"][0]
     prompts = [render_prompt(cola.spec, row["text"], e) for e in cola.examples]
-    direct = label_scores(model, tok, PromptFormat(template="Q: {prompt}\nA: ", add_bos=False), prompts,
-                          cola.spec.label_words)
-    assert torch.allclose(torch.tensor(row["scores"]), torch.tensor(direct), atol=1e-5)
+    fmt = PromptFormat(template="Q: {prompt}\nA: ", add_bos=False)
+    direct = torch.tensor(label_scores(model, tok, fmt, prompts, cola.spec.label_words))
+    (prior,) = content_free_priors(model, tok, fmt, cola.spec, [row["text"]])
+    assert torch.allclose(torch.tensor(row["scores"]), direct - torch.tensor(prior), atol=1e-5)
 
 
 def test_representation_cosines_equal_a_direct_computation(report, tiny_model_dir):

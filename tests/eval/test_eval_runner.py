@@ -10,7 +10,7 @@ from coin.data_tools.prompt import PromptFormat
 from coin.eval.instructions import resolve_instructions
 from coin.eval.loaders import load_task_data
 from coin.eval.runner import evaluate, plan_batches, unique_names
-from coin.eval.scoring import LabelWordError, argmax_label, label_scores, parse_prediction
+from coin.eval.scoring import LabelWordError, argmax_label, content_free_priors, label_scores, parse_prediction
 from coin.eval.tasks import get_task, render_prompt
 
 from distributed import run_distributed
@@ -31,21 +31,29 @@ def small(glue_dir):
 def test_likelihood_results_are_built_from_the_scores(tiny, small):
     model, tok = tiny
     tasks, iset = small
-    res = evaluate(model, tok, tasks, iset, batch_size=7, progress=False, model_name="tiny")
-    assert set(res["tasks"]) == set(TASKS) and res["scoring"] == "likelihood"
+    calibrated = evaluate(model, tok, tasks, iset, batch_size=7, progress=False, model_name="tiny")
+    plain = evaluate(model, tok, tasks, iset, batch_size=7, progress=False, label_score="sum")
+    assert calibrated["label_score"] == "calibrated" and plain["label_score"] == "sum"
+    for res in (calibrated, plain):
+        assert set(res["tasks"]) == set(TASKS) and res["scoring"] == "likelihood"
+        assert res["overall"]["by_level"]["clean"]["n_tasks"] == 2
     for td in tasks:
-        tr = res["tasks"][td.spec.name]
-        assert [r["key"] for r in tr["instructions"]] == [i.key for i in iset.for_task(td.spec.name)]
-        assert len(tr["instructions"]) == 2 * 5
-        for row in tr["instructions"]:
+        rows = calibrated["tasks"][td.spec.name]["instructions"]
+        assert [r["key"] for r in rows] == [i.key for i in iset.for_task(td.spec.name)]
+        assert len(rows) == 2 * 5
+        priors = content_free_priors(model, tok, PromptFormat(), td.spec, [r["text"] for r in rows])
+        for row, plain_row, prior in zip(rows, plain["tasks"][td.spec.name]["instructions"], priors):
             prompts = [render_prompt(td.spec, row["text"], e) for e in td.examples]
-            direct = label_scores(model, tok, PromptFormat(), prompts, td.spec.label_words, batch_size=len(prompts))
-            assert torch.allclose(torch.tensor(row["scores"]), torch.tensor(direct), atol=1e-5)
-            assert row["predictions"] == [argmax_label(s) for s in direct]
-            assert row["accuracy"] == sum(p == y for p, y in zip(row["predictions"], td.labels)) / len(td)
-            assert row["parse_failures"] == 0
-        assert set(tr["by_level"]) == {"clean", "character", "sentence", "semantic"}
-    assert res["overall"]["by_level"]["clean"]["n_tasks"] == 2
+            direct = torch.tensor(label_scores(model, tok, PromptFormat(), prompts, td.spec.label_words,
+                                               batch_size=len(prompts)))
+            assert torch.allclose(torch.tensor(plain_row["scores"]), direct, atol=1e-5)
+            assert torch.allclose(torch.tensor(row["prior"]), torch.tensor(prior), atol=1e-6)
+            assert torch.allclose(torch.tensor(row["scores"]), direct - torch.tensor(prior), atol=1e-5)
+            for r, scores in ((row, direct - torch.tensor(prior)), (plain_row, direct)):
+                assert r["predictions"] == [argmax_label(s) for s in scores.tolist()]
+                assert r["accuracy"] == sum(p == y for p, y in zip(r["predictions"], td.labels)) / len(td)
+                assert r["parse_failures"] == 0
+        assert set(calibrated["tasks"][td.spec.name]["by_level"]) == {"clean", "character", "sentence", "semantic"}
 
 
 def test_generate_results_parse_the_generated_text(tiny, small):
