@@ -126,6 +126,7 @@ class Trainer:
         self.is_main = self.rank == 0
         seed_everything(cfg.optim.seed)
         self.pool = NegativePool(enabled=cfg.coin.gather, group_size=cfg.coin.gather_group_size)
+
         def prepare():  # rank 0 first: it materialises the tiny default; the others then find it
             os.makedirs(self.out_dir, exist_ok=True)
             resolve_model_path(cfg.model)
