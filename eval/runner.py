@@ -117,12 +117,13 @@ def evaluate(model, tokenizer, tasks: Sequence[TaskData], instructions: Instruct
         groups.append(group)
     batches = plan_batches(groups, [len(p) for p in prompts], batch_size)
     calibrate = scoring == "likelihood" and label_score == "calibrated"
-    priors: dict[tuple[int, str], list[float]] = {}
-    for t, td in enumerate(tasks) if calibrate else ():
-        ins_list = instructions.for_task(td.spec.name)
-        values = content_free_priors(model, tokenizer, fmt, td.spec, [i.text for i in ins_list],
-                                     max_length=max_length, batch_size=batch_size, device=device)
-        priors.update({(t, ins.key): v for ins, v in zip(ins_list, values)})
+    priors: dict[tuple[int, str], list[float]] = {}  # (task position, instruction key) -> log prior
+    if calibrate:
+        for t, td in enumerate(tasks):
+            ins_list = instructions.for_task(td.spec.name)
+            values = content_free_priors(model, tokenizer, fmt, td.spec, [i.text for i in ins_list],
+                                         max_length=max_length, batch_size=batch_size, device=device)
+            priors.update({(t, ins.key): v for ins, v in zip(ins_list, values)})
 
     def run_batch(batch: Sequence[int]) -> list[tuple]:
         spec = tasks[items[batch[0]][0]].spec
