@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from coin.data_tools.prompt import MIN_PROMPT_TOKENS
 from coin.errors import CoinError, read_json
 
 
@@ -82,7 +83,7 @@ class DataConfig:
     add_eos: bool = False  # the reference adds no EOS
     # A record whose instruction truncation would cut to fewer prompt-body tokens than this (in the
     # original or any paraphrase) is left out of the token cache and counted per task (0: never).
-    min_prompt_tokens: int = 8
+    min_prompt_tokens: int = MIN_PROMPT_TOKENS  # 8
     # More than this share of a file's records left out that way: training refuses to start.
     max_dropped_share: float = 0.05
     cache_dir: str | None = None  # token cache; default <output.dir>/token_cache
