@@ -21,7 +21,8 @@ counted in meta.json and reported on stderr, never silently:
   tokens (or the template alone does not fit). With long responses the prompt body is what goes,
   and an original and its paraphrase would become the same tokens: a contrastive pair with
   nothing to contrast. `max_dropped_share` (the trainer passes `data.max_dropped_share`) makes a
-  file with a larger share of such records a `DataError` naming `max_length` and the share.
+  file with a larger share of such records a `TruncationError` (a CoinError, status 2) naming
+  `max_length` and the share; the cache stays built, so its meta.json can be read.
 - `dropped_no_response`: some sequence keeps no response token (an output that tokenises to
   nothing) and would give a loss over zero labels.
 
@@ -51,16 +52,22 @@ import sys
 import tempfile
 import time
 
+from coin.errors import CoinError
+
 from .atomic import file_fingerprint, text_fingerprint, write_json
 from .progress import progress
 from .prompt import MIN_PROMPT_TOKENS, PromptFormat, chat_template, encode_truncated
 from .readers import read_records
-from .schema import CONTRASTIVE, DataError, render_prompt
+from .schema import CONTRASTIVE, render_prompt
 
 CACHE_VERSION = 2  # 2: records whose instruction truncation would cut away are left out (min_prompt_tokens)
 PROBE = "Probe: Hello, world!\n\n### Response:\n  éü 12345 <tag> {x}"
 DATA_FILE, META_FILE = "data.arrow", "meta.json"
 BATCH_ROWS = 1000
+
+
+class TruncationError(CoinError):
+    """Too many records of a file would have their instruction cut away at this max_length."""
 
 
 def features():
@@ -227,12 +234,12 @@ def report_line(meta: dict) -> str:
 
 
 def check_dropped_share(meta: dict, max_dropped_share: float, records_path: str) -> None:
-    """A DataError naming max_length, the share and the counts per task when more than
+    """A TruncationError naming max_length, the share and the counts per task when more than
     `max_dropped_share` of the records were left out because truncation would cut their instruction."""
     c, parts = meta["counts"], meta["key_parts"]
     share = c["dropped_truncated"] / c["records"] if c["records"] else 0.0
     if share > max_dropped_share:
-        raise DataError(
+        raise TruncationError(
             f"{records_path}: at data.max_length={parts['max_length']}, {c['dropped_truncated']} of {c['records']} "
             f"records ({share:.1%}, more than data.max_dropped_share={max_dropped_share:g}) would keep fewer than "
             f"data.min_prompt_tokens={parts['min_prompt_tokens']} instruction tokens and are left out "
@@ -246,9 +253,9 @@ def build_token_cache(records_path: str, tokenizer, fmt: PromptFormat, max_lengt
     """The tokenised records as a memory-mapped `datasets.Dataset`, built once per cache key.
 
     Safe to call from several ranks at once (see the module doc). Raises `DataError` on an
-    invalid record unless `skip_invalid` (then they are counted in meta.json's `validation`), and,
-    when `max_dropped_share` is given, when a larger share of the records was left out because
-    truncation would cut their instruction (the cache stays built; its meta.json has the counts).
+    invalid record unless `skip_invalid` (then they are counted in meta.json's `validation`), and
+    `TruncationError` when a larger share of the records than `max_dropped_share` (None: no limit)
+    was left out because truncation would cut their instruction (the cache stays built).
     """
     key, parts = cache_key(records_path, tokenizer, fmt, max_length, min_prompt_tokens)
     os.makedirs(cache_dir, exist_ok=True)
