@@ -172,12 +172,14 @@ def cmd_tokenize(args) -> int:
         raise CoinError(f"--prompt-template: expected exactly one '{{prompt}}' placeholder, got {fmt.template!r}")
     max_length = args.max_length or dcfg.max_length
     tok = load_tokenizer(mcfg)
-    ds = build_token_cache(args.records, tok, fmt, max_length, args.cache_dir, skip_invalid=args.skip_invalid)
-    path = cache_path(args.records, tok, fmt, max_length, args.cache_dir)
+    ds = build_token_cache(args.records, tok, fmt, max_length, args.cache_dir, min_prompt_tokens=dcfg.min_prompt_tokens,
+                           max_dropped_share=dcfg.max_dropped_share, skip_invalid=args.skip_invalid)
+    path = cache_path(args.records, tok, fmt, max_length, args.cache_dir, dcfg.min_prompt_tokens)
     meta = read_meta(path)
     c = meta["counts"]
     print(f"token cache {path}: {len(ds)} rows, {c['sequences']} sequences, {c['tokens']} tokens, "
           f"longest {c['max_sequence_length']}, {c['sequences_at_max_length']} at max_length {max_length}, "
+          f"{c['dropped_truncated']} left out (instruction cut below {dcfg.min_prompt_tokens} tokens), "
           f"{c['dropped_no_response']} left out (no response token)")
     return 0
 
