@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from data_tools import atomic
-from data_tools.atomic import DiskFullError
+from coin.data_tools import atomic
+from coin.data_tools.atomic import DiskFullError
 
 
 def test_enospc_removes_the_temp_file_and_names_the_file(tmp_path, monkeypatch):
