@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ class OptimConfig:
 @dataclass
 class DeepSpeedConfig:
     config: str = "ds_configs/zero3.json"
+    collective_timeout_s: float = 1800.0  # a rank waiting longer than this in a collective fails the run
 
 
 @dataclass
@@ -366,6 +368,9 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
         name = cfg.model.name_or_path
         if name.startswith((".", "/", "~")):  # a path must exist; an `org/name` hub id cannot be checked offline
             _require(os.path.isdir(os.path.expanduser(name)), f"model.name_or_path: directory '{name}' does not exist")
+    t = cfg.deepspeed.collective_timeout_s
+    _require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+             f"deepspeed.collective_timeout_s: expected a finite number of seconds > 0, got {t!r}")
     # The DeepSpeed file is read now so that a contradiction fails before any model loads.
     ds = deepspeed_config(cfg, world_size=1)
     _require(

@@ -124,7 +124,7 @@ class Trainer:
 
         cfg = self.cfg
         self.preemption = Preemption()  # first: a signal while the model loads must not kill the job
-        dist.init()
+        dist.init(cfg.deepspeed.collective_timeout_s)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         seed_everything(cfg.optim.seed)
