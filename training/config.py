@@ -130,6 +130,7 @@ class OptimConfig:
 @dataclass
 class DeepSpeedConfig:
     config: str = "ds_configs/zero3.json"
+    collective_timeout_s: float = 1800.0  # a rank waiting longer than this in a collective fails the run
 
 
 @dataclass
@@ -390,6 +391,9 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
         for key, name in (("model.name_or_path", cfg.model.name_or_path), ("model.tokenizer", cfg.model.tokenizer)):
             if name is not None and is_local_path(name):
                 _require(os.path.isdir(os.path.expanduser(name)), f"{key}: directory '{name}' does not exist")
+    t = cfg.deepspeed.collective_timeout_s
+    _require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+             f"deepspeed.collective_timeout_s: expected a finite number of seconds > 0, got {t!r}")
     # The DeepSpeed file is read now so that a contradiction fails before any model loads.
     ds = deepspeed_config(cfg, world_size=1)
     _require(

@@ -37,6 +37,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 
@@ -107,6 +108,8 @@ class Trainer:
         self.last_saved_step = -1
         self.last_eval: dict | None = None
         self.last_record: dict | None = None
+        self.total_steps: int | None = None  # known once the data is read
+        self.is_main = False  # known once the process group is up
 
     # ================================================================== setup
 
@@ -121,7 +124,7 @@ class Trainer:
 
         cfg = self.cfg
         self.preemption = Preemption()  # first: a signal while the model loads must not kill the job
-        dist.init()
+        dist.init(cfg.deepspeed.collective_timeout_s)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         seed_everything(cfg.optim.seed)
@@ -132,6 +135,7 @@ class Trainer:
             resolve_model_path(cfg.model)
 
         dist.main_first(prepare)
+        self._write_status("running", None)  # a rerun in an old output dir no longer says "completed"
 
         # data first: a bad data file fails in seconds, before any model loads
         self.tokenizer = load_tokenizer(cfg.model)
@@ -419,13 +423,28 @@ class Trainer:
         gen.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
-    def _write_status(self, status: str, exit_code: int) -> None:
-        """Rank 0: <output.dir>/run_status.json, read by `coin train --nproc` to recover the exit code."""
+    def _write_status(self, status: str, exit_code: int | None, error: str | None = None) -> None:
+        """Rank 0: <output.dir>/run_status.json, read by `coin train --nproc` to recover the exit code
+        ("running" with exit_code null from setup on; "failed" carries the error's one-line message)."""
         if not self.is_main:
             return
         info = {"status": status, "exit_code": exit_code, "step": self.step, "total_steps": self.total_steps,
                 "launch_id": os.environ.get("COIN_LAUNCH_ID"), "time": time.time()}
+        if error is not None:
+            info["error"] = error
         ckpt.write_atomic(os.path.join(self.out_dir, "run_status.json"), json.dumps(info, indent=1) + "\n")
+
+    def write_failed(self, error: BaseException, exit_code: int) -> None:
+        """Rank 0, after `error` ended the run: run_status.json says "failed" with the error's first line."""
+        if not self.is_main or not os.path.isdir(self.out_dir):
+            return
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if not isinstance(error, CoinError):
+            message = f"{type(error).__name__}: {message}"
+        try:
+            self._write_status("failed", exit_code, error=message)
+        except (OSError, CoinError) as e:  # e.g. the disk that is full: the exit code still says it
+            print(f"coin train: could not write run_status.json: {e}", file=sys.stderr, flush=True)
 
     def _write_final_metrics(self, status: str) -> None:
         """Rank 0: <output.dir>/final_metrics.json, the last train record and the last evaluation."""
