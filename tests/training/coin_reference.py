@@ -173,7 +173,7 @@ def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool | int = Tr
     return gen + weight(gen, ctr, cfg, step, norms) * ctr
 
 
-def reference_step_loss(lm, step_rows: list[list[list[dict]]], cfg, pool_ranks: int | None = None):
+def reference_step_loss(lm, step_rows: list[list[list[dict]]], cfg, pool_ranks: int | None = None, step: int = 0):
     """The single-process loss of one optimiser step of `coin.pool: step` on its global batch.
 
     step_rows[r][a]: the rows of rank r's micro-batch a. A pool holds every micro-batch of the step
@@ -183,4 +183,4 @@ def reference_step_loss(lm, step_rows: list[list[list[dict]]], cfg, pool_ranks: 
     """
     k = pool_ranks or len(step_rows)
     micro = [rows for rank in step_rows for rows in rank]
-    return reference_loss(lm, micro, cfg, gather=k * len(step_rows[0]))
+    return reference_loss(lm, micro, cfg, gather=k * len(step_rows[0]), step=step)
