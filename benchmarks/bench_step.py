@@ -70,7 +70,7 @@ def _distributed_child(rounds: int) -> None:
     engine = Engine(CoinModel(lm), ds, cfg.optim, total_steps=10_000)
     batch = _batch(lm.config.vocab_size, seed=dist.rank())
     variants = {
-        "sft": (CoinConfig(contrastive=False), NegativePool(enabled=False)),
+        "sft": (CoinConfig(objective="cit"), NegativePool(enabled=False)),
         "coin": (CoinConfig(), NegativePool(enabled=True)),
         "coin-local": (CoinConfig(gather=False), NegativePool(enabled=False)),
     }
