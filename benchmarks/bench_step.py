@@ -2,7 +2,7 @@
 
 Part A, 2 CPU ranks (torchrun, gloo) under DeepSpeed ZeRO-3, one engine, the same 2B sequences
 each step, variants interleaved round by round:
-    sft           coin_step with `contrastive: false` (generation loss on originals + paraphrases)
+    sft           coin_step with `objective: cit` (generation loss on originals + paraphrases)
     coin          the CoIN step, negatives gathered from both ranks (pool = 2 x B)
     coin-local    the CoIN step, pool = the local micro-batch (gather off)
 Part B, one process, plain PyTorch (the reference-style step cannot run under ZeRO-3: two
