@@ -116,6 +116,9 @@ def coin_step(model, batch: dict, cfg: CoinConfig, pool: NegativePool | None = N
         raise ValueError(f"a CoIN batch holds originals then paraphrases: expected an even row count, got {n}")
     b = n // 2
     hidden = model(input_ids, attention_mask)
+    # The norms' autograd.grad stops at this view: DeepSpeed hooks the module's output tensor to
+    # detect a backward, and running them from autograd.grad ends a ZeRO-1/2 step's reduction early.
+    hidden = hidden.view_as(hidden)
     head = getattr(model, "module", model).head
     two_terms = cfg.objective in ("coin", "consistency")
     grad_mode = torch.is_grad_enabled()
