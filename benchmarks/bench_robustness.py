@@ -5,7 +5,7 @@ paraphrases), with the same steps and seeds, trained on 2 ranks under ZeRO-3, on
 
     coin          the contrastive term on (configs/tiny.yaml: tau 0.05, lambda 1000, last-token pooling)
     coin-lambda1  the same with lambda 1: the contrastive term never outweighs the generation loss
-    sft           the paper's baseline, continual instruction tuning: `coin.contrastive: false`, the
+    sft           the paper's baseline, continual instruction tuning: `coin.objective: cit`, the
                   generation loss on the same originals and paraphrases
 
 Both are evaluated on the demo's held-out instruction templates (never seen in training), clean
@@ -25,7 +25,7 @@ import time
 
 OUT = os.environ.get("COIN_BENCH_ROBUSTNESS_DIR", "runs/bench_robustness")
 LEVELS = ["clean", "character", "word", "sentence", "semantic"]
-ARMS = [("coin", []), ("coin-lambda1", ["coin.max_weight=1"]), ("sft", ["coin.contrastive=false"])]
+ARMS = [("coin", []), ("coin-lambda1", ["coin.max_weight=1"]), ("sft", ["coin.objective=cit"])]
 ARM_TEXT = {
     "coin": "CoIN with the paper's settings (adaptive weight, lambda 1000)",
     "coin-lambda1": "CoIN with lambda 1 (w = min(1, L_gen / L_ctr))",

@@ -95,13 +95,20 @@ class DataConfig:
 
 @dataclass
 class CoinConfig:
-    contrastive: bool = True  # false: plain SFT on originals (+ paraphrases), the paper's baseline
+    # coin: CE(original) + CE(paraphrase) + w * contrastive | cit: CE(original) + CE(paraphrase)
+    # (continual instruction tuning, the paper's baseline) | sft: CE(original) only | consistency:
+    # CE(original) + CE(paraphrase) + consistency_weight * JS of the two views' response tokens
+    objective: str = "coin"
     pooling: str = "last"  # last | prompt_last | mean
     temperature: float = 0.05
-    weighting: str = "adaptive"  # adaptive: w = min(max_weight, L_gen / L_ctr); constant: w = weight
-    max_weight: float = 1000.0  # lambda of the paper
+    # the contrastive weight w (objective coin): adaptive: min(max_weight, L_gen / L_ctr) (the paper);
+    # constant: weight; gradnorm: min(max_weight, grad_ratio * |dL_gen/dh| / |dL_ctr/dh|), h the final hidden states
+    weighting: str = "adaptive"
+    max_weight: float = 1000.0  # lambda of the paper; also caps gradnorm
     weight: float = 1.0  # the constant weight when weighting = constant
-    gen_loss: str = "both"  # both: CE(original) + CE(paraphrase) (reference) | original
+    grad_ratio: float = 0.5  # gradnorm: the contrastive gradient norm at h over the generation one
+    consistency_weight: float = 1.0  # objective consistency: the weight of the JS term
+    weight_warmup_steps: int = 0  # the contrastive / consistency weight ramps linearly from 0 over these optimiser steps
     gather: bool = True  # negatives from every rank (pool = world x micro-batch)
     gather_group_size: int = 0  # 0: all ranks; k: pools of k consecutive ranks
     lm_loss_chunks: int = 8  # the output projection runs in this many chunks (fixed: same calls on every rank)
@@ -172,8 +179,8 @@ _CHOICES = {
     "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
     "data.prompt_format": ("plain", "chat"),
     "coin.pooling": ("last", "prompt_last", "mean"),
-    "coin.weighting": ("adaptive", "constant"),
-    "coin.gen_loss": ("both", "original"),
+    "coin.objective": ("coin", "cit", "sft", "consistency"),
+    "coin.weighting": ("adaptive", "constant", "gradnorm"),
     "coin.pool": ("micro", "step"),
     "optim.schedule": ("linear", "cosine", "constant"),
 }
@@ -232,6 +239,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 
+# Keys that existed once: a config that still has one fails with what to write instead.
+_REMOVED = {
+    "coin.contrastive": "coin.contrastive: removed; use coin.objective: cit (contrastive term off, "
+                        "originals + paraphrases) or coin.objective: coin",
+    "coin.gen_loss": "coin.gen_loss: removed; coin.objective decides it (sft: originals only; "
+                     "coin, cit, consistency: originals + paraphrases)",
+}
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
@@ -240,6 +256,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in _REMOVED:
+            raise ConfigError(_REMOVED[full])
         if key not in hints:
             raise ConfigError(f"unknown key '{full}' (expected one of: {', '.join(names)})")
         tp = hints[key]
@@ -338,8 +356,14 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
     _require(c.weight >= 0, f"coin.weight: expected a number >= 0, got {c.weight}")
     _require(c.gather_group_size >= 0, f"coin.gather_group_size: expected an integer >= 0, got {c.gather_group_size}")
     _require(c.lm_loss_chunks >= 1, f"coin.lm_loss_chunks: expected an integer >= 1, got {c.lm_loss_chunks}")
-    _require(c.pool == "micro" or c.contrastive,
-             "coin.pool: 'step' pools contrastive negatives; with coin.contrastive: false use 'micro'")
+    _require(c.grad_ratio > 0, f"coin.grad_ratio: expected a number > 0, got {c.grad_ratio}")
+    _require(c.consistency_weight >= 0, f"coin.consistency_weight: expected a number >= 0, got {c.consistency_weight}")
+    _require(c.weight_warmup_steps >= 0,
+             f"coin.weight_warmup_steps: expected an integer >= 0, got {c.weight_warmup_steps}")
+    _require(c.pool == "micro" or c.objective == "coin",
+             f"coin.pool: 'step' pools contrastive negatives; it needs coin.objective: coin, got {c.objective!r}")
+    _require(c.pool == "micro" or c.weighting != "gradnorm",
+             "coin.weighting: gradnorm needs coin.pool: micro (the step-wide pool has no hidden-state gradients in pass 1)")
     _require(not d.spread_groups or c.pool == "step",
              f"data.spread_groups: true packs groups into a step's pool; it needs coin.pool: step, got {c.pool!r}")
     _require(o.lr > 0, f"optim.lr: expected a number > 0, got {o.lr}")

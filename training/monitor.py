@@ -37,9 +37,10 @@ from .dist import use_cuda
 
 TRAIN_SCALARS = (
     "loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size", "lr", "grad_norm",
+    "cons_loss", "gen_grad_norm", "ctr_grad_norm",
 )
 PERF_SCALARS = ("tokens_per_s", "samples_per_s", "mfu", "memory_gb", "step_time_s")
-EVAL_SCALARS = ("loss", "gen_loss", "ctr_loss", "ctr_acc", "pos_cos", "neg_cos")
+EVAL_SCALARS = ("loss", "gen_loss", "ctr_loss", "ctr_acc", "pos_cos", "neg_cos", "cons_loss")
 
 
 def memory_gb() -> float:

@@ -57,7 +57,7 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 # The step's metrics, in the order they travel in the per-micro-step all-reduce.
 STEP_METRICS = ("loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size",
-                "tokens", "label_tokens")
+                "cons_loss", "gen_grad_norm", "ctr_grad_norm", "tokens", "label_tokens")
 SUMMED = ("tokens", "label_tokens")  # world totals; every other metric is the mean over ranks
 
 
@@ -265,7 +265,7 @@ class Trainer:
         engine = self.engine
         batch = self.train_data.next_batch()
         self.consumed_samples += len(batch["ids"]) * self.world
-        out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool)
+        out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool, step=self.step)
         nonfinite, stop, metrics = self._agree(out)
         if nonfinite:
             self._report_nonfinite(batch, out)
@@ -286,7 +286,7 @@ class Trainer:
         batches = [self.train_data.next_batch() for _ in range(engine.gradient_accumulation_steps)]
         self.consumed_samples += sum(len(b["ids"]) for b in batches) * self.world
         pooled = step_pool.embed_step(engine.model, [_to_device(b, engine.device) for b in batches],
-                                      self.cfg.coin, self.pool)
+                                      self.cfg.coin, self.pool, step=self.step)
         nonfinite, stop, metrics = self._agree(pooled.out)
         if nonfinite:
             self._report_nonfinite({"ids": pooled.nonfinite_ids()}, pooled.out, skipped="step")
@@ -360,7 +360,7 @@ class Trainer:
         engine.eval()
         sums = torch.zeros(len(STEP_METRICS) + 1, dtype=torch.float64, device=engine.device)
         for batch in self.eval_data.batches():
-            out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool)
+            out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool, step=self.step)
             sums[:-1] += _metrics_vector(out, engine.device)
             sums[-1] += len(batch["ids"])
         if self.world > 1:

@@ -38,7 +38,7 @@ def test_repository_configs_are_valid(path, monkeypatch):
 def test_paper_settings_in_the_7b_config(monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = load_config("configs/llama2_7b_coin.yaml", check_paths=False)
-    assert (cfg.coin.temperature, cfg.coin.max_weight, cfg.coin.pooling, cfg.coin.gen_loss) == (0.05, 1000.0, "last", "both")
+    assert (cfg.coin.temperature, cfg.coin.max_weight, cfg.coin.pooling, cfg.coin.objective) == (0.05, 1000.0, "last", "coin")
     assert (cfg.data.max_length, cfg.optim.warmup_ratio, cfg.optim.seed, cfg.optim.epochs) == (256, 0.1, 42, 1)
     assert cfg.optim.micro_batch_size * cfg.optim.gradient_accumulation_steps * 8 == 64
 
@@ -57,8 +57,8 @@ def test_the_papers_lora_recipe(monkeypatch, path):
     assert (o.epochs, o.max_steps, o.schedule, o.warmup_ratio, o.seed) == (1, 0, "linear", 0.1, 42)
     assert cfg.data.max_length == 256 and cfg.data.prompt_format == "plain"
     c = cfg.coin
-    assert (c.temperature, c.max_weight, c.weighting, c.pooling, c.gen_loss) == (0.05, 1000.0, "adaptive", "last", "both")
-    assert c.contrastive is ("sft" not in path)
+    assert (c.temperature, c.max_weight, c.weighting, c.pooling) == (0.05, 1000.0, "adaptive", "last")
+    assert c.objective == ("cit" if "sft" in path else "coin")
     twin = load_config("configs/llama2_7b_sft_lora.yaml", check_paths=False)
     for section in ("model", "data", "optim", "deepspeed"):
         assert getattr(twin, section) == getattr(cfg, section), section
@@ -82,7 +82,12 @@ def test_overrides_are_typed(monkeypatch, train_file):
         ("coin.temperature=0", "coin.temperature: expected a number > 0"),
         ("coin.temperature=-1", "coin.temperature: expected a number > 0"),
         ("coin.pooling=cls", "coin.pooling: expected one of last, prompt_last, mean"),
-        ("coin.weighting=linear", "coin.weighting: expected one of adaptive, constant"),
+        ("coin.weighting=linear", "coin.weighting: expected one of adaptive, constant, gradnorm"),
+        ("coin.objective=ctr", "coin.objective: expected one of coin, cit, sft, consistency"),
+        ("coin.grad_ratio=0", "coin.grad_ratio: expected a number > 0"),
+        ("coin.consistency_weight=-1", "coin.consistency_weight: expected a number >= 0"),
+        ("coin.weight_warmup_steps=-2", "coin.weight_warmup_steps: expected an integer >= 0"),
+        ("coin.weight_warmup_steps=1.5", "coin.weight_warmup_steps: expected an integer"),
         ("optim.warmup_ratio=1.5", "optim.warmup_ratio: expected a number in [0, 1)"),
         ("optim.micro_batch_size=0", "optim.micro_batch_size: expected an integer >= 1"),
         ("data.prompt_template=no placeholder", "data.prompt_template: expected exactly one '{prompt}'"),
@@ -138,6 +143,25 @@ def test_overrides_are_typed(monkeypatch, train_file):
 def test_bad_values(monkeypatch, train_file, override, expected):
     monkeypatch.chdir(REPO)
     assert expected in _error("configs/tiny.yaml", [f"data.train={train_file}", "data.eval=null", override])
+
+
+@pytest.mark.parametrize("where", ["override", "yaml"])
+@pytest.mark.parametrize("key, value, expected", [
+    ("contrastive", "false", "coin.contrastive: removed; use coin.objective: cit (contrastive term off, "
+                             "originals + paraphrases) or coin.objective: coin"),
+    ("gen_loss", "original", "coin.gen_loss: removed; coin.objective decides it (sft: originals only; "
+                             "coin, cit, consistency: originals + paraphrases)"),
+])
+def test_removed_keys_say_what_replaces_them(monkeypatch, train_file, tmp_path, where, key, value, expected):
+    monkeypatch.chdir(REPO)
+    base = [f"data.train={train_file}", "data.eval=null"]
+    if where == "override":
+        message = _error("configs/tiny.yaml", base + [f"coin.{key}={value}"])
+    else:
+        path = tmp_path / "old.yaml"
+        path.write_text(f"coin:\n  {key}: {value}\n")
+        message = _error(str(path), base)
+    assert message == expected and "\n" not in message
 
 
 def test_lora_settings_and_overrides(monkeypatch, train_file):
