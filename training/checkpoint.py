@@ -39,6 +39,7 @@ files are only scanned for unsafe globals.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import random
@@ -183,6 +184,34 @@ def prune(root: str, keep_last: int) -> list[str]:
             shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
             removed.append(tag)
     return removed
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# torch.save's C++ writer reports a failed write without an errno
+_WRITE_FAILED = ("file write failed", "PytorchStreamWriter failed", "iostream error", "unexpected pos")
+
+
+def save_error(e: BaseException, root: str, tag: str, needed_bytes: int) -> CoinError | None:
+    """The one-line error for an exception raised while writing checkpoint root/tag, or None when
+    it is not an I/O error. A full disk (ENOSPC, EDQUOT, or a torch write failure while less than
+    `needed_bytes` is free) is a CheckpointDiskFullError with the size needed."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    io_error = isinstance(e, OSError) or any(m in str(e) for m in _WRITE_FAILED)
+    if not io_error:
+        return None
+    if getattr(e, "errno", None) in _DISK_FULL or (not isinstance(e, OSError) and free is not None
+                                                    and free < needed_bytes):
+        return CheckpointDiskFullError(
+            f"checkpoint {tag}: no space left on {root} (needs ~{needed_bytes / 1e6:.0f} MB"
+            + (f", {free / 1e6:.0f} MB free" if free is not None else "") + "): the partial checkpoint was "
+            f"removed and {LATEST} still names the previous one")
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0]
+    where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+    return CheckpointError(f"checkpoint {tag}: cannot be written to {root}{where}: {reason}: the partial "
+                           f"checkpoint was removed and {LATEST} still names the previous one")
 
 
 # ----------------------------------------------------------------------------- integrity

@@ -188,6 +188,12 @@ class Engine:
         self.ds.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False,
                                 exclude_frozen_parameters=True)
 
+    def checkpoint_bytes_estimate(self) -> int:
+        """About how many bytes a checkpoint takes: per trained parameter its fp32 master copy and
+        Adam's two moments (12 bytes), plus the 16/32-bit weights where ZeRO-3 does not hold them."""
+        per = 12 + (0 if self.zero_stage == 3 else 4)
+        return sum(getattr(p, "ds_numel", p.numel()) * per for p in self.module.parameters() if p.requires_grad)
+
     def load_checkpoint(self, root: str, tag: str) -> dict:
         """Collective. Restores model, optimiser and scheduler; returns the client state.
 
