@@ -182,10 +182,10 @@ def train_ranks(rank: int, world: int, cfg_dict: dict, options: dict | None = No
     if options.get("crash_commit"):
         real_commit = ckpt.commit
 
-        def commit(root, tag, info):
+        def commit(root, tag, info, files=None):
             if ckpt.step_of(tag) == options["crash_commit"]:
                 raise SimulatedCrash(f"killed while saving {tag}")
-            real_commit(root, tag, info)
+            real_commit(root, tag, info, files=files)
 
         ckpt.commit = commit
 
