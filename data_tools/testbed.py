@@ -138,7 +138,7 @@ def make_scenes(rng: random.Random, n: int) -> list[dict]:
     scenes = []
     for i in range(n):
         attrs = {t: rng.choice((YES if labels[t][i] else NO)[t]) for t in TASKS}
-        noun = attrs["kind"] + ("s" if attrs["count"] == "two" else "")
+        noun = attrs["kind"] + (("es" if attrs["kind"] == "box" else "s") if attrs["count"] == "two" else "")
         text = f"{attrs['count']} {attrs['size']} {attrs['colour']} {noun}"
         scenes.append({"scene": text, "labels": {t: labels[t][i] for t in TASKS}})
     return scenes
