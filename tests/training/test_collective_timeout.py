@@ -30,7 +30,10 @@ def init_calls(monkeypatch):
     monkeypatch.setattr(deepspeed, "init_distributed", lambda **kw: calls.append(kw))
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+        # set first so that teardown restores the variable's absence: init() sets it, and a RANK
+        # left behind makes every later `coin train --nproc` in this process refuse to launch
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     return calls
 
 
