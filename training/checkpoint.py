@@ -52,6 +52,7 @@ import torch
 import xxhash
 import yaml
 
+from coin.data_tools.atomic import DiskFullError, atomic_open
 from coin.errors import CoinError, warn
 
 LATEST = "latest"
@@ -121,22 +122,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` so that readers see the old or the new content, never a mix (on
-    failure, e.g. a full disk, the temporary file is removed and `path` is untouched)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+def write_atomic(path: str, text: str, what: str = "file") -> None:
+    """Write `text` to `path` so that readers see the old or the new content, never a mix
+    (data_tools.atomic.atomic_open: a temporary file, fsync, rename; on failure the temporary
+    file is removed and `path` is untouched, a full disk is a DiskFullError), then fsync the
+    directory so that the rename itself survives a crash."""
+    with atomic_open(path, what=what, size=len(text.encode("utf-8"))) as f:
+        f.write(text)
     _fsync_dir(os.path.dirname(path) or ".")
 
 
@@ -195,6 +187,8 @@ def save_error(e: BaseException, root: str, tag: str, needed_bytes: int) -> Coin
     """The one-line error for an exception raised while writing checkpoint root/tag, or None when
     it is not an I/O error. A full disk (ENOSPC, EDQUOT, or a torch write failure while less than
     `needed_bytes` is free) is a CheckpointDiskFullError with the size needed."""
+    if isinstance(e, DiskFullError) and isinstance(e.__context__, OSError):
+        e = e.__context__  # write_atomic (atomic_open) turned ENOSPC/EDQUOT/EIO into one: the errno says which
     try:
         free = shutil.disk_usage(root).free
     except OSError:

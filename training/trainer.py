@@ -50,10 +50,9 @@ from coin.errors import CoinError
 from . import checkpoint as ckpt
 from . import dist, step_pool
 from .config import RunConfig, deepspeed_config, dump_yaml
+from .preempt import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE  # noqa: F401 - 75, SIGTERM/SIGUSR1 (preempt.py)
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, requeue and resume
 NONFINITE_EXIT_CODE = 3  # stopped after too many non-finite losses in a row
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 # The step's metrics, in the order they travel in the per-micro-step all-reduce.
 STEP_METRICS = ("loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size",
@@ -123,7 +122,12 @@ class Trainer:
         from .monitor import Monitor
 
         cfg = self.cfg
-        self.preemption = Preemption()  # first: a signal while the model loads must not kill the job
+        # first: replaces preempt.exit_on_preemption; a signal while the model loads must not kill the job
+        self.preemption = Preemption()
+        # then, before anything can fail: a rerun in an old output dir no longer says "completed"
+        # (rank 0 by the launcher's RANK, which the process group takes too; the directory is made)
+        self.is_main = os.environ.get("RANK", "0") == "0"
+        self._write_status("running", None)
         dist.init(cfg.deepspeed.collective_timeout_s)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
@@ -135,7 +139,6 @@ class Trainer:
             resolve_model_path(cfg.model)
 
         dist.main_first(prepare)
-        self._write_status("running", None)  # a rerun in an old output dir no longer says "completed"
 
         # data first: a bad data file fails in seconds, before any model loads
         self.tokenizer = load_tokenizer(cfg.model)
@@ -449,7 +452,7 @@ class Trainer:
                 ckpt.commit(root, tag, ckpt.completion_info(
                     self.step, epoch=self.train_data.epoch, consumed_samples=self.consumed_samples,
                     **self._run_identity()), files=files)
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, ckpt.DiskFullError) as e:  # DiskFullError: ckpt.write_atomic's
             error = ckpt.save_error(e, root, tag, self.engine.checkpoint_bytes_estimate())
             if error is None:  # not an I/O error: a bug, or a crash; nothing to tidy
                 raise
