@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import mmap
 import os
 import random
 import re
@@ -211,22 +212,21 @@ def save_error(e: BaseException, root: str, tag: str, needed_bytes: int) -> Coin
 # ----------------------------------------------------------------------------- integrity
 
 HASH = "xxh3_128"
-_CHUNK = 8 << 20
 
 
 def hash_file(path: str) -> dict:
-    """{"size", "xxh3_128"} of a file's bytes."""
+    """{"size", "xxh3_128"} of a file's bytes.
+
+    The file is mapped (mmap) and hashed in place: the pages come straight from the page cache
+    (a checkpoint's files were just written), without copying them through a read buffer first,
+    which halves the time (benchmarks/bench_checkpoint.py). The files hashed are at rest: a save's
+    after every rank has written them, a checkpoint's when it is verified."""
     h = xxhash.xxh3_128()
-    size = 0
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            size += n
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size:  # an empty file cannot be mapped
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
+                h.update(m)
     return {"size": size, HASH: h.hexdigest()}
 
 
