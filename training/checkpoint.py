@@ -230,6 +230,43 @@ def hash_file(path: str) -> dict:
     return {"size": size, HASH: h.hexdigest()}
 
 
+_TEE_PIECE = 1 << 20  # hashed right after it is written, while it is still in the CPU cache
+
+
+class HashingWriter:
+    """A binary file that hashes what is written through it as it goes: the manifest entry of a
+    file without reading it back. torch.save writes its zip archive front to back through
+    `write`, so the bytes hashed are the bytes of the file."""
+
+    def __init__(self, f):
+        self.f, self.h, self.size = f, xxhash.xxh3_128(), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        for i in range(0, len(view), _TEE_PIECE):
+            piece = view[i:i + _TEE_PIECE]
+            self.f.write(piece)
+            self.h.update(piece)
+        self.size += len(view)
+        return len(view)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def entry(self) -> dict:
+        return {"size": self.size, HASH: self.h.hexdigest()}
+
+
+def save_hashed(obj, path: str, **torch_save_kwargs) -> dict:
+    """torch.save(obj, path), hashed while written: returns the file's {"size", "xxh3_128"}, the
+    same as hash_file(path) would give afterwards."""
+    with open(path, "wb") as f:
+        writer = HashingWriter(f)
+        torch.save(obj, writer, **torch_save_kwargs)
+        writer.flush()
+    return writer.entry()
+
+
 def tag_files(tag_dir: str) -> list[str]:
     """Every file under a tag directory (relative paths, sorted), the completion marker excepted."""
     out = []
@@ -402,8 +439,9 @@ def rng_path(root: str, tag: str, rank: int) -> str:
     return os.path.join(root, tag, f"coin_rng_rank{rank:05d}.pt")
 
 
-def save_rng(root: str, tag: str, rank: int) -> None:
-    torch.save(rng_state(), rng_path(root, tag, rank))
+def save_rng(root: str, tag: str, rank: int) -> dict:
+    """Writes this rank's RNG file; returns its manifest entry (hashed while written)."""
+    return save_hashed(rng_state(), rng_path(root, tag, rank))
 
 
 def load_rng(root: str, tag: str, rank: int) -> None:

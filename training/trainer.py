@@ -439,14 +439,14 @@ class Trainer:
             if self.is_main:
                 ckpt.prepare_tag(root, tag)
             dist.barrier()
-            self.engine.save_checkpoint(root, tag, {"coin": self.client_state()})
-            ckpt.save_rng(root, tag, self.rank)
+            written = self.engine.save_checkpoint(root, tag, {"coin": self.client_state()})
+            written[os.path.basename(ckpt.rng_path(root, tag, self.rank))] = ckpt.save_rng(root, tag, self.rank)
             if self.is_main:
                 ckpt.write_atomic(os.path.join(root, tag, ckpt.RUN_CONFIG), dump_yaml(self.cfg))
                 self.save_hf_config(os.path.join(root, tag, ckpt.HF_CONFIG))
             dist.barrier()  # every rank's files are on disk: only now may they be hashed and `latest` move
             t_hash = time.perf_counter()
-            files = self._manifest(root, tag)
+            files = self._manifest(root, tag, written)
             t_hash = time.perf_counter() - t_hash
             if self.is_main:
                 ckpt.commit(root, tag, ckpt.completion_info(
@@ -467,21 +467,35 @@ class Trainer:
         dist.barrier()
         self.last_saved_step = self.step
 
-    def _manifest(self, root: str, tag: str) -> dict:
-        """Collective. size + hash of every file of root/tag: rank 0 lists them, each rank hashes
-        its share (ckpt.share), rank 0 gets the merged manifest (the others an empty dict)."""
+    def _manifest(self, root: str, tag: str, written: dict | None = None) -> dict:
+        """Collective. size + hash of every file of root/tag, rank 0 gets it (the others an empty
+        dict). `written`: this rank's files hashed while written (Engine.save_checkpoint,
+        ckpt.save_rng), taken as they are when the file still has the size written; rank 0
+        lists the files, and those that nobody hashed so (run_config.yaml, hf_config/, ...) are
+        dealt out (ckpt.share) and each rank hashes its share from disk."""
         tag_dir = os.path.join(root, tag)
+        everyone = [written or {}]
+        if self.world > 1:
+            everyone = [None] * self.world
+            torch_dist.all_gather_object(everyone, written or {})
+        hashed = {rel: entry for part in everyone for rel, entry in part.items()}
         listing = [None]
         if self.is_main:
-            listing = [{rel: os.path.getsize(os.path.join(tag_dir, rel)) for rel in ckpt.tag_files(tag_dir)}]
+            sizes = {rel: os.path.getsize(os.path.join(tag_dir, rel)) for rel in ckpt.tag_files(tag_dir)}
+            done = {rel: hashed[rel] for rel, size in sizes.items() if rel in hashed and hashed[rel]["size"] == size}
+            listing = [{rel: size for rel, size in sizes.items() if rel not in done}]
         if self.world > 1:
             torch_dist.broadcast_object_list(listing, src=0)
         mine = ckpt.hash_files(tag_dir, ckpt.share(listing[0], self.rank, self.world))
-        if self.world == 1:
-            return mine
-        parts = [None] * self.world if self.is_main else None
-        torch_dist.gather_object(mine, parts, dst=0)
-        return {rel: entry for part in parts for rel, entry in part.items()} if self.is_main else {}
+        parts = [mine]
+        if self.world > 1:
+            parts = [None] * self.world if self.is_main else None
+            torch_dist.gather_object(mine, parts, dst=0)
+        if not self.is_main:
+            return {}
+        for part in parts:
+            done.update(part)
+        return dict(sorted(done.items()))
 
     def save_hf_config(self, path: str) -> None:
         """Rank 0: model config, generation config and tokenizer (what an export needs besides weights)."""
