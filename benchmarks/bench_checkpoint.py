@@ -204,7 +204,7 @@ def run(quick: bool = False) -> str:
     from coin.training.model import tiny_model_dir
 
     tiny_model_dir(TinyModelConfig())  # build once, before two ranks need it
-    rounds = 2 if quick else 15
+    rounds = 2 if quick else 25
     load_before = _load()
     results = {}
     with tempfile.TemporaryDirectory(prefix="coin-bench-checkpoint-") as work:

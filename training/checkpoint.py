@@ -14,6 +14,8 @@
             coin_complete.json                  written last: step, epoch, samples, time, what the
                                                 run was (world size, batch sizes, data fingerprints)
                                                 and the manifest: size + xxh3_128 of every other file
+                                                (DeepSpeed's and the RNG files hashed while written,
+                                                `save_hashed`; the rest afterwards, `hash_file`)
         step_00000030/ ...
 
 The file name `latest` and its content are DeepSpeed's own convention, so DeepSpeed tools
@@ -230,7 +232,7 @@ def hash_file(path: str) -> dict:
     return {"size": size, HASH: h.hexdigest()}
 
 
-_TEE_PIECE = 1 << 20  # hashed right after it is written, while it is still in the CPU cache
+_TEE_PIECE = 256 << 10  # hashed right after it is written, while it is still in the CPU cache (L2)
 
 
 class HashingWriter:
