@@ -139,8 +139,9 @@ class DeepSpeedConfig:
     config: str = "ds_configs/zero3.json"
     collective_timeout_s: float = 1800.0  # a rank waiting longer than this in a collective fails the run
     # coin train --nproc: after SIGTERM/SIGUSR1, ranks still running this much later get SIGCONT + SIGTERM,
-    # and SIGKILL train.KILL_GRACE_S after that (a stuck or stopped rank cannot hold the job)
-    stop_grace_s: float = 10.0
+    # and SIGKILL train.KILL_GRACE_S after that (a stuck rank cannot hold the job; a stopped one gets
+    # SIGCONT at once). Longer than a preemption checkpoint takes to write, shorter than the scheduler's wait.
+    stop_grace_s: float = 120.0
 
 
 @dataclass

@@ -10,9 +10,10 @@ command under torchrun's launcher on this machine (`coin.training.torchrun`: tor
 the ranks' own status) and stays as its parent (`Supervisor`): it forwards SIGTERM/SIGUSR1 to the
 ranks (torchrun itself is told to ignore them, so it does not kill ranks that are writing their
 preemption checkpoint) and returns the ranks' exit status, which a bare torchrun would turn into
-1 with a ChildFailedError dump. A preemption is bounded: ranks still running
-`deepspeed.stop_grace_s` (10 s) after the signal get SIGCONT + SIGTERM, and SIGKILL
-`KILL_GRACE_S` (5 s) later, and the status is still 75. The rendezvous port is `--master-port`,
+1 with a ChildFailedError dump. A preemption is bounded: a rank stopped by SIGSTOP gets SIGCONT at
+once (it holds every other rank in a collective), and ranks still running `deepspeed.stop_grace_s`
+(120 s: longer than a preemption checkpoint takes) after the signal get SIGCONT + SIGTERM, and
+SIGKILL `KILL_GRACE_S` (5 s) later, and the status is still 75. The rendezvous port is `--master-port`,
 else $MASTER_PORT, else a free one (torchrun's --standalone).
 
 Exit status: 0 completed; 75 (`PREEMPTED_EXIT_CODE`) preempted by SIGTERM/SIGUSR1 after writing
@@ -132,6 +133,15 @@ def _process_tree() -> dict[int, list[int]]:
     return tree
 
 
+def _state(pid: int) -> str:
+    """The process state letter (R, S, D, T for stopped, ...); "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
 def _children(pid: int) -> list[int]:
     """Direct children of `pid`."""
     return sorted(_process_tree().get(pid, []))
@@ -163,8 +173,9 @@ class Supervisor:
     """The parent of `coin train --nproc`: waits for the launcher process (torchrun) and bounds a
     preemption. SIGTERM/SIGUSR1 (`on_signal`) go to the ranks (the launcher's children) at once,
     and again every RESIGNAL_S (a rank that was still starting may have missed it: torchrun's
-    ranks begin with the signals ignored). Ranks still alive `grace_s` later (stuck, or stopped
-    by SIGSTOP: they hold the others in a collective) get SIGCONT + SIGTERM, with every process
+    ranks begin with the signals ignored); a stopped process below it (SIGSTOP: it would hold the
+    others in a collective) gets SIGCONT each time. Ranks still alive `grace_s` later (stuck) get
+    SIGCONT + SIGTERM, with every process
     below them; what is left `kill_grace_s` after that, SIGKILL; the launcher itself, if it is
     still there another `kill_grace_s` later, SIGKILL too. Statuses: `wait()`."""
 
@@ -182,6 +193,10 @@ class Supervisor:
 
     def _forward(self) -> None:
         if self.proc is not None:
+            stopped = [pid for pid in _descendants(self.proc.pid) if _state(pid) == "T"]
+            if stopped:  # a stopped rank holds every other one in a collective: let it take the signal
+                _say(f"processes {stopped} were stopped (SIGSTOP): SIGCONT")
+                _send(stopped, signal.SIGCONT)
             _send(_children(self.proc.pid), self.signum)
         self.sent = time.monotonic()
 
