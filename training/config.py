@@ -138,6 +138,10 @@ class OptimConfig:
 class DeepSpeedConfig:
     config: str = "ds_configs/zero3.json"
     collective_timeout_s: float = 1800.0  # a rank waiting longer than this in a collective fails the run
+    # coin train --nproc: after SIGTERM/SIGUSR1, ranks still running this much later get SIGCONT + SIGTERM,
+    # and SIGKILL train.KILL_GRACE_S after that (a stuck rank cannot hold the job; a stopped one gets
+    # SIGCONT at once). Longer than a preemption checkpoint takes to write, shorter than the scheduler's wait.
+    stop_grace_s: float = 120.0
 
 
 @dataclass
@@ -415,9 +419,10 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
         for key, name in (("model.name_or_path", cfg.model.name_or_path), ("model.tokenizer", cfg.model.tokenizer)):
             if name is not None and is_local_path(name):
                 _require(os.path.isdir(os.path.expanduser(name)), f"{key}: directory '{name}' does not exist")
-    t = cfg.deepspeed.collective_timeout_s
-    _require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
-             f"deepspeed.collective_timeout_s: expected a finite number of seconds > 0, got {t!r}")
+    for key in ("collective_timeout_s", "stop_grace_s"):
+        t = getattr(cfg.deepspeed, key)
+        _require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+                 f"deepspeed.{key}: expected a finite number of seconds > 0, got {t!r}")
     # The DeepSpeed file is read now so that a contradiction fails before any model loads.
     ds = deepspeed_config(cfg, world_size=1)
     _require(

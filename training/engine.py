@@ -29,6 +29,7 @@ state in the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import re
 import warnings
@@ -36,7 +37,7 @@ import warnings
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, save_hashed
 from .config import OptimConfig
 from .schedule import build_scheduler
 
@@ -125,6 +126,7 @@ class Engine:
         )
         self.gradient_accumulation_steps = int(self.ds.gradient_accumulation_steps())
         self.zero_stage = int(self.ds.zero_optimization_stage())
+        self.hash_on_write = True  # save_checkpoint hashes DeepSpeed's files as they are written
 
     # ------------------------------------------------------------------ training
 
@@ -177,16 +179,36 @@ class Engine:
         """True when some parameters do not train (LoRA: the whole base model)."""
         return any(not p.requires_grad for p in self.module.parameters())
 
-    def save_checkpoint(self, root: str, tag: str, client_state: dict) -> None:
-        """Collective. Model, optimiser, scheduler and `client_state` under root/tag.
+    def save_checkpoint(self, root: str, tag: str, client_state: dict) -> dict[str, dict]:
+        """Collective. Model, optimiser, scheduler and `client_state` under root/tag; returns the
+        manifest entries of the files this rank wrote, hashed while written
+        (checkpoint.save_hashed: no reading back): {path under root/tag: {"size", "xxh3_128"}}
+        (empty where DeepSpeed writes through another checkpoint engine than its torch.save one,
+        or with `hash_on_write` off; the trainer then hashes the files from disk).
 
         Frozen parameters are left out (LoRA: the checkpoint holds the adapters and their optimiser
         state only; the base is read again from `model.name_or_path` on resume). DeepSpeed's own
         `latest` file is NOT written: checkpoint.py writes it once the whole checkpoint (ours
         included) is complete.
         """
-        self.ds.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False,
-                                exclude_frozen_parameters=True)
+        from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+        written = {}
+        engine = self.ds.checkpoint_engine
+        original = engine.save
+        if self.hash_on_write and type(engine) is TorchCheckpointEngine:
+            def save(state_dict, path):  # TorchCheckpointEngine.save, hashed while written
+                written[path] = save_hashed(state_dict, path, _use_new_zipfile_serialization=engine.zipfile_serialization)
+
+            engine.save = save
+        try:
+            self.ds.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False,
+                                    exclude_frozen_parameters=True)
+        finally:
+            engine.save = original
+        tag_dir = os.path.join(root, tag)
+        rels = {path: os.path.relpath(path, tag_dir) for path in written}
+        return {rel: written[path] for path, rel in rels.items() if not rel.startswith("..")}
 
     def checkpoint_bytes_estimate(self) -> int:
         """About how many bytes a checkpoint takes: per trained parameter its fp32 master copy and

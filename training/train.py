@@ -7,15 +7,20 @@
 
 Without `--nproc` and without a launcher the run is one process. `--nproc N` re-launches the same
 command under torchrun's launcher on this machine (`coin.training.torchrun`: torchrun, returning
-the ranks' own status) and stays as its parent: it forwards SIGTERM/SIGUSR1 to the ranks
-(torchrun itself is told to ignore them, so it does not kill ranks that are writing their
+the ranks' own status) and stays as its parent (`Supervisor`): it forwards SIGTERM/SIGUSR1 to the
+ranks (torchrun itself is told to ignore them, so it does not kill ranks that are writing their
 preemption checkpoint) and returns the ranks' exit status, which a bare torchrun would turn into
-1 with a ChildFailedError dump. The rendezvous port is `--master-port`, else $MASTER_PORT, else a
-free one (torchrun's --standalone).
+1 with a ChildFailedError dump. A preemption is bounded: a rank stopped by SIGSTOP gets SIGCONT at
+once (it holds every other rank in a collective), and ranks still running `deepspeed.stop_grace_s`
+(120 s: longer than a preemption checkpoint takes) after the signal get SIGCONT + SIGTERM, and
+SIGKILL `KILL_GRACE_S` (5 s) later, and the status is still 75. The rendezvous port is `--master-port`,
+else $MASTER_PORT, else a free one (torchrun's --standalone).
 
 Exit status: 0 completed; 75 (`PREEMPTED_EXIT_CODE`) preempted by SIGTERM/SIGUSR1 after writing
-a checkpoint (requeue: `resume: auto` continues); 3 stopped after too many non-finite losses;
-2 bad configuration or data (a one-line message); 1 anything else (a traceback).
+a checkpoint, or before there was anything to save (a signal during start-up: preempt.py), or
+with ranks that had to be killed (requeue: `resume: auto` continues from the last complete
+checkpoint); 3 stopped after too many non-finite losses; 2 bad configuration or data (a one-line
+message); 1 anything else (a traceback).
 """
 from __future__ import annotations
 
@@ -24,12 +29,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import traceback
 import uuid
 
 from coin.errors import CoinError
 
 from .config import load_config
+from .preempt import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE, exit_on_preemption
 
 EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -47,13 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    exit_on_preemption()  # a signal before the trainer's setup: exit 75 now (nothing to save yet)
     cfg = load_config(args.config, args.overrides)  # ConfigError: one line, status 2, nothing started
     if args.nproc is not None:
         if args.nproc < 1:
             raise CoinError(f"--nproc: expected an integer >= 1, got {args.nproc}")
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
             raise CoinError("--nproc: this process already runs under a launcher (RANK is set); drop --nproc")
-        return launch(args)
+        return launch(args, cfg.deepspeed.stop_grace_s)
     if args.master_port is not None:
         raise CoinError("--master-port: only with --nproc (a launcher of your own takes its own port option)")
     return run(cfg)
@@ -62,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
 def run(cfg) -> int:
     """Train in this process (one rank of however many the launcher started); never returns."""
     from . import dist
-    from .trainer import NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer
+    from .trainer import NONFINITE_EXIT_CODE, NonFiniteLossError, Trainer
 
     trainer = Trainer(cfg)
     code = EXIT_OK
@@ -86,6 +94,8 @@ def run(cfg) -> int:
         trainer.write_failed(e, code)
     finally:
         trainer.cleanup()
+        for sig in PREEMPT_SIGNALS:  # the outcome is decided: a signal now must not turn it into 75
+            signal.signal(sig, signal.SIG_IGN)
     dist.shutdown(code)  # barrier (on success), destroy the process group, os._exit(code)
     return code  # not reached
 
@@ -99,10 +109,15 @@ def _print_once(message: str) -> None:
 
 # ----------------------------------------------------------------------------- --nproc N
 
+STOP_POLL_S = 0.2  # how often the launcher looks at its ranks
+RESIGNAL_S = 1.0  # after a preemption signal, it is sent again this often until the grace period ends
+KILL_GRACE_S = 5.0  # after the SIGCONT + SIGTERM that ends deepspeed.stop_grace_s: this long before SIGKILL
+KEEP_AFTER_PREEMPTION = (0, 2, 3)  # a preempted launch keeps these statuses (done, bad input, non-finite); else 75
 
-def _children(pid: int) -> list[int]:
-    """Direct children of `pid` (Linux /proc)."""
-    kids = []
+
+def _process_tree() -> dict[int, list[int]]:
+    """{parent pid: [child pids]} of every live process (Linux /proc; zombies left out)."""
+    tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -111,10 +126,123 @@ def _children(pid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        # the command name (2nd field) may hold spaces: the ppid is the 2nd field after its ')'
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            kids.append(int(entry))
-    return kids
+        # the command name (2nd field) may hold spaces: state and ppid are the fields after its ')'
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state not in ("Z", "X"):
+            tree.setdefault(int(ppid), []).append(int(entry))
+    return tree
+
+
+def _state(pid: int) -> str:
+    """The process state letter (R, S, D, T for stopped, ...); "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`."""
+    return sorted(_process_tree().get(pid, []))
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children, ...)."""
+    tree, out, todo = _process_tree(), [], [pid]
+    while todo:
+        kids = tree.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return sorted(out)
+
+
+def _send(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _say(message: str) -> None:
+    print(f"coin train: {message}", file=sys.stderr, flush=True)
+
+
+class Supervisor:
+    """The parent of `coin train --nproc`: waits for the launcher process (torchrun) and bounds a
+    preemption. SIGTERM/SIGUSR1 (`on_signal`) go to the ranks (the launcher's children) at once,
+    and again every RESIGNAL_S (a rank that was still starting may have missed it: torchrun's
+    ranks begin with the signals ignored); a stopped process below it (SIGSTOP: it would hold the
+    others in a collective) gets SIGCONT each time. Ranks still alive `grace_s` later (stuck) get
+    SIGCONT + SIGTERM, with every process
+    below them; what is left `kill_grace_s` after that, SIGKILL; the launcher itself, if it is
+    still there another `kill_grace_s` later, SIGKILL too. Statuses: `wait()`."""
+
+    def __init__(self, grace_s: float, kill_grace_s: float = KILL_GRACE_S):
+        self.grace_s, self.kill_grace_s = grace_s, kill_grace_s
+        self.proc: subprocess.Popen | None = None
+        self.signum: int | None = None  # the first preemption signal received
+        self.since = self.sent = 0.0
+        self.stage = 0  # 0 waiting, 1 SIGCONT + SIGTERM sent, 2 SIGKILL sent to the ranks, 3 to the launcher
+
+    def on_signal(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum, self.since = signum, time.monotonic()
+        self._forward()
+
+    def _forward(self) -> None:
+        if self.proc is not None:
+            stopped = [pid for pid in _descendants(self.proc.pid) if _state(pid) == "T"]
+            if stopped:  # a stopped rank holds every other one in a collective: let it take the signal
+                _say(f"processes {stopped} were stopped (SIGSTOP): SIGCONT")
+                _send(stopped, signal.SIGCONT)
+            _send(_children(self.proc.pid), self.signum)
+        self.sent = time.monotonic()
+
+    def _tick(self) -> None:
+        waited = time.monotonic() - self.since
+        name = signal.Signals(self.signum).name
+        if self.stage == 0 and waited >= self.grace_s:
+            self.stage = 1
+            left = _descendants(self.proc.pid)
+            if left:
+                _say(f"processes {left} still running {self.grace_s:g} s after {name} (stuck or stopped?): "
+                     f"SIGCONT + SIGTERM, SIGKILL in {self.kill_grace_s:g} s")
+                _send([self.proc.pid, *left], signal.SIGCONT)
+                _send(left, signal.SIGTERM)
+        elif self.stage == 1 and waited >= self.grace_s + self.kill_grace_s:
+            self.stage = 2
+            left = _descendants(self.proc.pid)
+            if left:
+                _say(f"processes {left} still running {self.grace_s + self.kill_grace_s:g} s after {name}: SIGKILL")
+                _send(left, signal.SIGKILL)
+        elif self.stage == 2 and waited >= self.grace_s + 2 * self.kill_grace_s:
+            self.stage = 3
+            _say(f"the launcher (pid {self.proc.pid}) is still running: SIGKILL")
+            self.proc.kill()
+        if self.stage == 0 and time.monotonic() - self.sent >= RESIGNAL_S:
+            self._forward()
+
+    def wait(self) -> int:
+        """The launcher's exit status (128 + N when killed by signal N); after a preemption signal,
+        PREEMPTED_EXIT_CODE unless the ranks completed (0) or failed on bad input (2) or
+        non-finite losses (3), which a requeue would not change."""
+        while True:
+            try:
+                rc = self.proc.wait(timeout=STOP_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                if self.signum is not None:
+                    self._tick()
+            except KeyboardInterrupt:  # Ctrl-C reaches torchrun too; let it end its ranks
+                continue
+        rc = rc if rc >= 0 else 128 - rc  # coin.training.torchrun exits with the ranks' own status
+        if self.signum is not None and rc not in KEEP_AFTER_PREEMPTION and rc != PREEMPTED_EXIT_CODE:
+            _say(f"preempted by {signal.Signals(self.signum).name} (the ranks ended with status {rc}): "
+                 f"exit {PREEMPTED_EXIT_CODE}, requeue to resume from the last complete checkpoint")
+            rc = PREEMPTED_EXIT_CODE
+        return rc
 
 
 def master_port(given: int | None) -> int | None:
@@ -138,10 +266,9 @@ def torchrun_command(nproc: int, port: int | None, rank_args: list[str]) -> list
             "-m", "coin.training.train", *rank_args]
 
 
-def launch(args: argparse.Namespace) -> int:
-    """Run this command on `args.nproc` local ranks under torchrun; returns the ranks' exit status."""
-    from .trainer import PREEMPT_SIGNALS
-
+def launch(args: argparse.Namespace, stop_grace_s: float) -> int:
+    """Run this command on `args.nproc` local ranks under torchrun; returns the ranks' exit status
+    (a preemption: `Supervisor.wait`)."""
     launch_id = uuid.uuid4().hex
     cmd = torchrun_command(args.nproc, master_port(args.master_port), ["--config", args.config, *args.overrides])
     # PET_SIGNALS_TO_HANDLE is torchrun's --signals-to-handle: without SIGTERM, it never stops ranks itself
@@ -152,27 +279,14 @@ def launch(args: argparse.Namespace) -> int:
         for sig in PREEMPT_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
 
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=ignore_preemption_signals)
-
-    def forward(signum, frame):
-        for pid in _children(proc.pid):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    previous = {sig: signal.signal(sig, forward) for sig in PREEMPT_SIGNALS}
+    supervisor = Supervisor(stop_grace_s)
+    previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in PREEMPT_SIGNALS}  # before torchrun starts
     try:
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:  # Ctrl-C reaches torchrun too; let it end its ranks
-                continue
+        supervisor.proc = subprocess.Popen(cmd, env=env, preexec_fn=ignore_preemption_signals)
+        return supervisor.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return rc if rc >= 0 else 128 - rc  # coin.training.torchrun exits with the ranks' own status
 
 
 # ----------------------------------------------------------------------------- python -m

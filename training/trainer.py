@@ -50,10 +50,9 @@ from coin.errors import CoinError
 from . import checkpoint as ckpt
 from . import dist, step_pool
 from .config import RunConfig, deepspeed_config, dump_yaml
+from .preempt import PREEMPT_SIGNALS, PREEMPTED_EXIT_CODE  # noqa: F401 - 75, SIGTERM/SIGUSR1 (preempt.py)
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint written, requeue and resume
 NONFINITE_EXIT_CODE = 3  # stopped after too many non-finite losses in a row
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 # The step's metrics, in the order they travel in the per-micro-step all-reduce.
 STEP_METRICS = ("loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size",
@@ -123,7 +122,12 @@ class Trainer:
         from .monitor import Monitor
 
         cfg = self.cfg
-        self.preemption = Preemption()  # first: a signal while the model loads must not kill the job
+        # first: replaces preempt.exit_on_preemption; a signal while the model loads must not kill the job
+        self.preemption = Preemption()
+        # then, before anything can fail: a rerun in an old output dir no longer says "completed"
+        # (rank 0 by the launcher's RANK, which the process group takes too; the directory is made)
+        self.is_main = os.environ.get("RANK", "0") == "0"
+        self._write_status("running", None)
         dist.init(cfg.deepspeed.collective_timeout_s)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
@@ -135,7 +139,6 @@ class Trainer:
             resolve_model_path(cfg.model)
 
         dist.main_first(prepare)
-        self._write_status("running", None)  # a rerun in an old output dir no longer says "completed"
 
         # data first: a bad data file fails in seconds, before any model loads
         self.tokenizer = load_tokenizer(cfg.model)
@@ -436,20 +439,20 @@ class Trainer:
             if self.is_main:
                 ckpt.prepare_tag(root, tag)
             dist.barrier()
-            self.engine.save_checkpoint(root, tag, {"coin": self.client_state()})
-            ckpt.save_rng(root, tag, self.rank)
+            written = self.engine.save_checkpoint(root, tag, {"coin": self.client_state()})
+            written[os.path.basename(ckpt.rng_path(root, tag, self.rank))] = ckpt.save_rng(root, tag, self.rank)
             if self.is_main:
                 ckpt.write_atomic(os.path.join(root, tag, ckpt.RUN_CONFIG), dump_yaml(self.cfg))
                 self.save_hf_config(os.path.join(root, tag, ckpt.HF_CONFIG))
             dist.barrier()  # every rank's files are on disk: only now may they be hashed and `latest` move
             t_hash = time.perf_counter()
-            files = self._manifest(root, tag)
+            files = self._manifest(root, tag, written)
             t_hash = time.perf_counter() - t_hash
             if self.is_main:
                 ckpt.commit(root, tag, ckpt.completion_info(
                     self.step, epoch=self.train_data.epoch, consumed_samples=self.consumed_samples,
                     **self._run_identity()), files=files)
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, ckpt.DiskFullError) as e:  # DiskFullError: ckpt.write_atomic's
             error = ckpt.save_error(e, root, tag, self.engine.checkpoint_bytes_estimate())
             if error is None:  # not an I/O error: a bug, or a crash; nothing to tidy
                 raise
@@ -464,21 +467,35 @@ class Trainer:
         dist.barrier()
         self.last_saved_step = self.step
 
-    def _manifest(self, root: str, tag: str) -> dict:
-        """Collective. size + hash of every file of root/tag: rank 0 lists them, each rank hashes
-        its share (ckpt.share), rank 0 gets the merged manifest (the others an empty dict)."""
+    def _manifest(self, root: str, tag: str, written: dict | None = None) -> dict:
+        """Collective. size + hash of every file of root/tag, rank 0 gets it (the others an empty
+        dict). `written`: this rank's files hashed while written (Engine.save_checkpoint,
+        ckpt.save_rng), taken as they are when the file still has the size written; rank 0
+        lists the files, and those that nobody hashed so (run_config.yaml, hf_config/, ...) are
+        dealt out (ckpt.share) and each rank hashes its share from disk."""
         tag_dir = os.path.join(root, tag)
+        everyone = [written or {}]
+        if self.world > 1:
+            everyone = [None] * self.world
+            torch_dist.all_gather_object(everyone, written or {})
+        hashed = {rel: entry for part in everyone for rel, entry in part.items()}
         listing = [None]
         if self.is_main:
-            listing = [{rel: os.path.getsize(os.path.join(tag_dir, rel)) for rel in ckpt.tag_files(tag_dir)}]
+            sizes = {rel: os.path.getsize(os.path.join(tag_dir, rel)) for rel in ckpt.tag_files(tag_dir)}
+            done = {rel: hashed[rel] for rel, size in sizes.items() if rel in hashed and hashed[rel]["size"] == size}
+            listing = [{rel: size for rel, size in sizes.items() if rel not in done}]
         if self.world > 1:
             torch_dist.broadcast_object_list(listing, src=0)
         mine = ckpt.hash_files(tag_dir, ckpt.share(listing[0], self.rank, self.world))
-        if self.world == 1:
-            return mine
-        parts = [None] * self.world if self.is_main else None
-        torch_dist.gather_object(mine, parts, dst=0)
-        return {rel: entry for part in parts for rel, entry in part.items()} if self.is_main else {}
+        parts = [mine]
+        if self.world > 1:
+            parts = [None] * self.world if self.is_main else None
+            torch_dist.gather_object(mine, parts, dst=0)
+        if not self.is_main:
+            return {}
+        for part in parts:
+            done.update(part)
+        return dict(sorted(done.items()))
 
     def save_hf_config(self, path: str) -> None:
         """Rank 0: model config, generation config and tokenizer (what an export needs besides weights)."""

@@ -283,6 +283,41 @@ def test_a_torch_write_failure_on_a_full_disk_is_disk_full_and_other_errors_are_
         Trainer.save_checkpoint(_fake_trainer(root, 24, bug))
 
 
+def test_a_full_disk_while_writing_the_run_config_is_disk_full_too(tmp_path, monkeypatch):
+    """ckpt.write_atomic goes through data_tools.atomic.atomic_open, whose DiskFullError a save
+    turns into its own one line (the errno decides: ENOSPC is no space, EIO an I/O error)."""
+    from coin.training.config import config_from_dict
+    from coin.training.trainer import Trainer
+
+    root = tmp_path / "checkpoints"
+    real_fsync = os.fsync
+
+    def save(r, tag, client_state):  # DeepSpeed's part succeeds
+        os.makedirs(os.path.join(r, tag))
+        with open(os.path.join(r, tag, MODEL_STATES), "wb") as f:
+            f.write(b"\0" * 1000)
+        return {}
+
+    def run(code):
+        def full(fd):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "fsync", full)
+        trainer = _fake_trainer(root, 16, save)
+        trainer.cfg = config_from_dict({"output": {"dir": str(tmp_path)}}, check_paths=False)
+        try:
+            Trainer.save_checkpoint(trainer)
+        finally:
+            monkeypatch.setattr(os, "fsync", real_fsync)
+
+    with pytest.raises(ckpt.CheckpointDiskFullError, match=r"^checkpoint step_00000016: no space left on "):
+        run(errno.ENOSPC)
+    with pytest.raises(ckpt.CheckpointError, match=r"cannot be written to .*: Input/output error: the partial") as e:
+        run(errno.EIO)
+    assert not isinstance(e.value, ckpt.CheckpointDiskFullError)
+    assert sorted(os.listdir(root)) == []  # the partial step_00000016 removed, no temporary file
+
+
 def test_remove_partial_keeps_the_tag_latest_names(run_copy):
     root = run_copy / "checkpoints"
     ckpt.remove_partial(str(root), NEWEST)

@@ -1,8 +1,11 @@
 """run_status.json: "running" from the start of a run, "failed" with the error when it ends in one,
 so a rerun in the output directory of a completed run never leaves "completed" behind."""
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from trainer_helpers import REPO, cli_env, run_config, write_config
 
@@ -59,3 +62,28 @@ def test_a_status_that_cannot_be_written_is_reported_not_raised(tmp_path, monkey
     _trainer(tmp_path).write_failed(KeyboardInterrupt(), 130)
     assert "could not write run_status.json" in capsys.readouterr().err
     assert not (tmp_path / "run_status.json").exists()
+
+
+def test_running_is_written_first_and_atomically(tmp_path, monkeypatch):
+    """Setup's first write, before the process group: a start that fails even there (here
+    dist.init) leaves "running" (then "failed", from train.run) over a completed run's status, and
+    no temporary file."""
+    from coin.training import dist
+
+    (tmp_path / "run_status.json").write_text(json.dumps({"status": "completed", "exit_code": 0}))
+
+    def no_group(timeout_s=None):
+        raise RuntimeError("the rendezvous failed")
+
+    monkeypatch.setattr(dist, "init", no_group)
+    monkeypatch.delenv("RANK", raising=False)
+    trainer = _trainer(tmp_path)
+    trainer.is_main = False  # setup decides, from RANK (unset: one process, rank 0)
+    try:
+        with pytest.raises(RuntimeError, match="the rendezvous failed"):
+            trainer.setup()
+    finally:
+        trainer.cleanup()
+    status = json.loads((tmp_path / "run_status.json").read_text())
+    assert (status["status"], status["exit_code"], status["step"]) == ("running", None, 0)
+    assert os.listdir(tmp_path) == ["run_status.json"]
