@@ -18,7 +18,7 @@ import sys
 
 import coin
 
-ORDER = ["lm_loss", "step", "pool", "lora", "loop", "data", "eval", "robustness", "gpu"]
+ORDER = ["lm_loss", "step", "pool", "lora", "loop", "checkpoint", "data", "eval", "robustness", "gpu"]
 BEGIN, END = "<!-- bench:{} -->", "<!-- /bench:{} -->"
 
 
