@@ -113,7 +113,8 @@ def _seed_run(seed: int, plan: dict, timings: dict) -> dict:
         timings.setdefault(arm, []).append(time.time() - t0)
         models[arm] = f"{root}/{arm}/hf"
     t0 = time.time()
-    trained = _eval(models, data, os.path.join(data, "instructions.train.json"), f"{root}/eval_train", plan, "none")
+    trained = _eval(models, data, "generated:" + os.path.join(data, "instructions.train.json"), f"{root}/eval_train",
+                    plan, "clean")
     heldout = _eval(models, data, "generated:" + os.path.join(data, "instructions.heldout.json"),
                     f"{root}/eval_heldout", plan, "all")
     timings.setdefault("eval", []).append(time.time() - t0)
@@ -128,7 +129,7 @@ def _ms(values: list[float]) -> dict:
 
 
 def summarize(runs: list[dict], arms: list[str]) -> dict:
-    from eval.stats import cluster_differences, paired_bootstrap
+    from coin.eval.stats import cluster_differences, paired_bootstrap
 
     out: dict = {"arms": {}}
     for arm in arms:

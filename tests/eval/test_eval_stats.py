@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.stats import cluster_differences, paired_bootstrap
+from coin.eval.stats import cluster_differences, paired_bootstrap
 
 
 def test_constant_difference_has_a_point_interval():
