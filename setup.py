@@ -34,6 +34,7 @@ setup(
         "safetensors",
         "tensorboard",
         "pyyaml",
+        "xxhash",  # checkpoint manifests (training/checkpoint.py)
         "tqdm",
         "numpy",
         "pyarrow",

@@ -5,7 +5,7 @@ intermediate 5632, vocabulary 32000), bf16, SDPA attention, sequence 1024, one G
 (8 sequences: originals and paraphrases), 64-token responses. One engine per ZeRO stage, each in
 a fresh process: ZeRO-3 (ds_configs/zero3.json) and, for reference, no ZeRO (the same file with
 `zero_optimization.stage: 0`). On each engine the variants alternate step by step over the same
-batch: `coin` (pooling, InfoNCE, adaptive weight) and `sft` (`coin.contrastive: false`, the same
+batch: `coin` (pooling, InfoNCE, adaptive weight) and `sft` (`coin.objective: cit`, the same
 8 sequences). Per variant: median step time (forward + backward + optimiser step, synchronised),
 tokens/s, MFU, and the peak allocated GPU memory of one step (torch.cuda.max_memory_allocated
 after a reset, the engine's weights and optimiser state included).
@@ -94,7 +94,7 @@ def measure(ds_config: str, shape: dict, seq: int, micro_batch: int, response: i
     # the positions the output head runs on: those predicting a label (the step's label_tokens)
     label_fraction = float((labels[:, 1:] != -100).sum()) / tokens
     flops_per_step = model.flops_per_token(seq, label_fraction) * tokens
-    variants = {"sft": (CoinConfig(contrastive=False), NegativePool(enabled=False)),
+    variants = {"sft": (CoinConfig(objective="cit"), NegativePool(enabled=False)),
                 "coin": (CoinConfig(), NegativePool(enabled=True))}
 
     def sync():

@@ -2,7 +2,7 @@
 
 Part A, 2 CPU ranks (torchrun, gloo) under DeepSpeed ZeRO-3, one engine, the same 2B sequences
 each step, variants interleaved round by round:
-    sft           coin_step with `contrastive: false` (generation loss on originals + paraphrases)
+    sft           coin_step with `objective: cit` (generation loss on originals + paraphrases)
     coin          the CoIN step, negatives gathered from both ranks (pool = 2 x B)
     coin-local    the CoIN step, pool = the local micro-batch (gather off)
 Part B, one process, plain PyTorch (the reference-style step cannot run under ZeRO-3: two
@@ -70,7 +70,7 @@ def _distributed_child(rounds: int) -> None:
     engine = Engine(CoinModel(lm), ds, cfg.optim, total_steps=10_000)
     batch = _batch(lm.config.vocab_size, seed=dist.rank())
     variants = {
-        "sft": (CoinConfig(contrastive=False), NegativePool(enabled=False)),
+        "sft": (CoinConfig(objective="cit"), NegativePool(enabled=False)),
         "coin": (CoinConfig(), NegativePool(enabled=True)),
         "coin-local": (CoinConfig(gather=False), NegativePool(enabled=False)),
     }

@@ -11,6 +11,7 @@ from coin.errors import CoinError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("coin.training.train", "train with CoIN (or plain SFT) under DeepSpeed"),
+    "pretrain": ("coin.training.pretrain", "short causal-LM pre-training of the tiny default on a corpus"),
     "export": ("coin.training.export", "consolidate a checkpoint into a Hugging Face model directory"),
     "data": ("coin.data_tools.cli", "demo data, importers, validation, token cache"),
     "augment": ("coin.data_tools.augment", "paraphrase instructions (templates, wordnet or llm backends)"),

@@ -4,16 +4,37 @@ Every file the data tools write appears complete or not at all: it is written un
 name in the same directory (`.NAME.tmp-<pid>-<random>`), flushed and fsync'ed, then renamed over
 the final name with `os.replace` (atomic on POSIX file systems). A crash leaves at most a
 temporary file behind, never a truncated final file.
+
+A write that fails because the disk is full (ENOSPC, EDQUOT) or on an I/O error (EIO) removes
+the temporary file and raises `DiskFullError`, one line naming what was written, the file and
+its directory: "WHAT PATH: no space left on DIR (N bytes to write)".
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
+
+from coin.errors import CoinError
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
+class DiskFullError(CoinError):
+    """A write failed for want of space (or on an I/O error); nothing partial was left behind."""
+
+
+def disk_full_error(what: str, path: str, error: OSError, size: int | None = None) -> DiskFullError:
+    """The one-line DiskFullError for `error` (an OSError with an errno in DISK_ERRNOS)."""
+    where = os.path.dirname(os.path.abspath(path))
+    reason = "no space left on" if error.errno != errno.EIO else "I/O error on"
+    needed = f" ({size} bytes to write)" if size is not None else ""
+    return DiskFullError(f"{what} {path}: {reason} {where}{needed}")
 
 
 def temp_path(path: str) -> str:
@@ -23,8 +44,10 @@ def temp_path(path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
-    """Open a temporary file for writing; on success it replaces `path`, on error it is removed."""
+def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8", what: str = "file",
+                size: int | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; on success it replaces `path`, on error it is removed
+    (a full disk or an I/O error: DiskFullError naming `what`, `path` and `size` when known)."""
     if "b" in mode:
         encoding = None
     parent = os.path.dirname(os.path.abspath(path))
@@ -36,9 +59,11 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            raise disk_full_error(what, path, e, size) from None
         raise
 
 

@@ -1,6 +1,7 @@
 """`coin data`: demo data, importers, validation, conversion and the token cache.
 
     coin data demo OUT_DIR [--seed 0] [--train-per-task 150] [--eval-per-task 40] [--heldout 6]
+    coin data testbed DIR [--seed 0] [--train-per-task 64] [--eval-per-task 32]
     coin data import SRC --output FILE [--from auto|coin-csv|flan|records] [--templates FILE]
                      [--map FIELD=COLUMN ...] [--task NAME] [--make-ids] [--split S] [--skip-invalid]
     coin data validate FILE [--kind auto|instruction|contrastive] [--skip-invalid] [--split S]
@@ -35,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--eval-per-task", type=int, default=40)
     d.add_argument("--heldout", type=int, default=6, help="unseen templates per task kept for evaluation (of 12)")
     d.add_argument("--tasks", help="comma-separated subset of sst2,cola,qqp,mrpc,mnli,qnli,rte,wnli")
+
+    tb = sub.add_parser("testbed", help="write the yes/no instruction-robustness testbed (see docs/testbed.md)")
+    tb.add_argument("out_dir")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--train-per-task", type=int, default=64)
+    tb.add_argument("--eval-per-task", type=int, default=32)
 
     i = sub.add_parser("import", help="convert outside data into instruction or contrastive records")
     i.add_argument("source", help="file, datasets directory or hf:NAME[:CONFIG]")
@@ -81,6 +88,19 @@ def _detect(source: str) -> str:
         if "original_instruction" in head and "paraphrased_instruction" in head:
             return "coin-csv"
     return "records"
+
+
+def cmd_testbed(args) -> int:
+    from .testbed import write_testbed
+
+    try:
+        r = write_testbed(args.out_dir, seed=args.seed, train_per_task=args.train_per_task,
+                          eval_per_task=args.eval_per_task)
+    except ValueError as e:
+        raise CoinError(str(e)) from None
+    print(f"wrote testbed to {args.out_dir}: {r['train']} training pairs, {r['eval']} eval rows, "
+          f"tasks {','.join(r['tasks'])}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -172,18 +192,20 @@ def cmd_tokenize(args) -> int:
         raise CoinError(f"--prompt-template: expected exactly one '{{prompt}}' placeholder, got {fmt.template!r}")
     max_length = args.max_length or dcfg.max_length
     tok = load_tokenizer(mcfg)
-    ds = build_token_cache(args.records, tok, fmt, max_length, args.cache_dir, skip_invalid=args.skip_invalid)
-    path = cache_path(args.records, tok, fmt, max_length, args.cache_dir)
+    ds = build_token_cache(args.records, tok, fmt, max_length, args.cache_dir, min_prompt_tokens=dcfg.min_prompt_tokens,
+                           max_dropped_share=dcfg.max_dropped_share, skip_invalid=args.skip_invalid)
+    path = cache_path(args.records, tok, fmt, max_length, args.cache_dir, dcfg.min_prompt_tokens)
     meta = read_meta(path)
     c = meta["counts"]
     print(f"token cache {path}: {len(ds)} rows, {c['sequences']} sequences, {c['tokens']} tokens, "
           f"longest {c['max_sequence_length']}, {c['sequences_at_max_length']} at max_length {max_length}, "
+          f"{c['dropped_truncated']} left out (instruction cut below {dcfg.min_prompt_tokens} tokens), "
           f"{c['dropped_no_response']} left out (no response token)")
     return 0
 
 
 def main(args) -> int:
-    handler = {"demo": cmd_demo, "import": cmd_import, "validate": cmd_validate, "convert": cmd_convert,
+    handler = {"demo": cmd_demo, "testbed": cmd_testbed, "import": cmd_import, "validate": cmd_validate, "convert": cmd_convert,
                "tokenize": cmd_tokenize}[args.action]
     return handler(args)
 

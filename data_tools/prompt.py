@@ -20,7 +20,14 @@ label likelihood) covers the response tokens only: `prompt_len` tokens of prompt
 Truncation keeps the response: when the sequence is longer than `max_length`, tokens are removed
 from the end of the prompt *body* (the instruction and input), never from the template's response
 marker (chat: nothing of the template around the user's content) and never from the response,
-unless the response alone does not fit (then its tail goes).
+unless the response alone does not fit (then its tail goes). When even the template's own tokens
+(BOS and marker; chat: the turns around the user's content) do not fit, the sequence is their first
+`max_length` tokens. A sequence is never longer than `max_length`.
+
+`encode_truncated` says, besides, what truncation took (`Truncation`): the token cache leaves out
+a record whose instruction would be cut to fewer than `data.min_prompt_tokens` (default
+`MIN_PROMPT_TOKENS`) body tokens, since with long responses the prompt body is cut away and an
+original and its paraphrase become the same tokens.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 from coin.errors import CoinError
 
 DEFAULT_TEMPLATE = "{prompt}\n\n### Response:\n"
+MIN_PROMPT_TOKENS = 8  # data.min_prompt_tokens: the prompt-body tokens a truncated sequence must keep
 
 
 @dataclass(frozen=True)
@@ -55,12 +63,34 @@ class PromptFormat:
         return repr((self.template, self.add_bos, self.add_eos))
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """What truncation to `max_length` took from one sequence."""
+
+    body_cut: int = 0  # prompt-body tokens removed
+    body_left: int = 0  # prompt-body tokens kept (counted only when some were cut)
+    response_cut: int = 0  # response tokens removed from its end
+    overlong: bool = False  # the template's own tokens exceed max_length: cut to its first max_length
+
+    def cuts_instruction(self, min_prompt_tokens: int) -> bool:
+        """Whether the instruction was cut to fewer than `min_prompt_tokens` body tokens (or the
+        template itself did not fit)."""
+        return self.overlong or (self.body_cut > 0 and self.body_left < min_prompt_tokens)
+
+
 def encode(tokenizer, fmt: PromptFormat, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt + response and the number of prompt tokens, truncated to `max_length`.
 
     The prompt is tokenised alone and the response as the continuation of the full text, so the
     prompt tokens are exactly what a model sees at inference time (what evaluation scores after).
     """
+    ids, prompt_len, _ = encode_truncated(tokenizer, fmt, prompt, response, max_length)
+    return ids, prompt_len
+
+
+def encode_truncated(tokenizer, fmt: PromptFormat, prompt: str, response: str,
+                     max_length: int) -> tuple[list[int], int, Truncation]:
+    """`encode`, and what truncation took (`Truncation`)."""
     if fmt.chat:
         return encode_chat(tokenizer, fmt, prompt, response, max_length)
     rendered = fmt.render(prompt)
@@ -70,24 +100,35 @@ def encode(tokenizer, fmt: PromptFormat, prompt: str, response: str, max_length:
         response_ids = full_ids[len(prompt_ids):]
     else:  # the boundary merged into one token: tokenise the response on its own
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    head = 0
     if fmt.add_bos and tokenizer.bos_token_id is not None:
         prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+        head = 1
     if fmt.add_eos and tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
+    if len(prompt_ids) + len(response_ids) <= max_length:
+        return prompt_ids + response_ids, len(prompt_ids), Truncation()
+    tail = min(_marker_len(tokenizer, fmt), len(prompt_ids) - head)
+    return _truncate(list(prompt_ids), list(response_ids), head, tail, max_length)
 
+
+def _truncate(prompt_ids: list[int], response_ids: list[int], head: int, tail: int,
+              max_length: int) -> tuple[list[int], int, Truncation]:
+    """Cut the prompt body (between the `head` and `tail` template tokens of `prompt_ids`) from its
+    end, then the response from its end, then, when the template alone does not fit, everything
+    past `max_length`: never more than `max_length` tokens."""
     overflow = len(prompt_ids) + len(response_ids) - max_length
-    if overflow > 0:
-        marker = _marker_len(tokenizer, fmt)
-        head = 1 if fmt.add_bos else 0
-        body = len(prompt_ids) - marker - head  # removable prompt tokens
-        cut = min(overflow, max(body, 0))
-        if cut:
-            keep_body = body - cut
-            prompt_ids = prompt_ids[: head + keep_body] + prompt_ids[len(prompt_ids) - marker:]
-        overflow -= cut
-        if overflow > 0:
-            response_ids = response_ids[: len(response_ids) - overflow]
-    return prompt_ids + response_ids, len(prompt_ids)
+    body = max(len(prompt_ids) - head - tail, 0)
+    body_cut = min(overflow, body)
+    if body_cut:
+        prompt_ids = prompt_ids[: head + body - body_cut] + prompt_ids[head + body:]
+    overflow -= body_cut
+    response_cut = min(max(overflow, 0), len(response_ids))
+    response_ids = response_ids[: len(response_ids) - response_cut]
+    overflow -= response_cut
+    overlong = overflow > 0
+    ids = (prompt_ids + response_ids)[:max_length]
+    return ids, min(len(prompt_ids), max_length), Truncation(body_cut, body - body_cut, response_cut, overlong)
 
 
 _MARKER_CACHE: dict[tuple, int] = {}
@@ -182,8 +223,10 @@ def _common_prefix(a, b) -> int:
     return n
 
 
-def encode_chat(tokenizer, fmt: PromptFormat, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
-    """`encode` in the chat format: (ids, prompt_len) with prompt_len the generation prompt's tokens.
+def encode_chat(tokenizer, fmt: PromptFormat, prompt: str, response: str,
+                max_length: int) -> tuple[list[int], int, Truncation]:
+    """`encode_truncated` in the chat format: (ids, prompt_len, truncation) with prompt_len the
+    generation prompt's tokens.
 
     The response tokens are the assistant's content and the end-of-turn marker. An empty response
     gives the generation prompt alone (what a model is given to generate from).
@@ -204,16 +247,8 @@ def encode_chat(tokenizer, fmt: PromptFormat, prompt: str, response: str, max_le
             response_ids = full_ids[len(prompt_ids):]
         else:  # the boundary merged into one token: tokenise the answer on its own
             response_ids = _ids(tokenizer, answer)
-
-    overflow = len(prompt_ids) + len(response_ids) - max_length
-    if overflow > 0:
-        head = _common_prefix(prompt_ids, layout.before_user_ids)
-        tail = _common_prefix(prompt_ids[::-1], layout.after_user_ids[::-1])
-        body = len(prompt_ids) - head - tail  # the user's content: the removable tokens
-        cut = min(overflow, max(body, 0))
-        if cut:
-            prompt_ids = prompt_ids[: head + body - cut] + prompt_ids[len(prompt_ids) - tail:]
-        overflow -= cut
-        if overflow > 0:
-            response_ids = response_ids[: len(response_ids) - overflow]
-    return prompt_ids + response_ids, len(prompt_ids)
+    if len(prompt_ids) + len(response_ids) <= max_length:
+        return prompt_ids + response_ids, len(prompt_ids), Truncation()
+    head = _common_prefix(prompt_ids, layout.before_user_ids)
+    tail = min(_common_prefix(prompt_ids[::-1], layout.after_user_ids[::-1]), len(prompt_ids) - head)
+    return _truncate(prompt_ids, response_ids, head, tail, max_length)

@@ -171,7 +171,8 @@ def merge_shards(out_dir: str, output: str) -> list[dict]:
             records += read_records(found[i][0])[0]
         write_records(output, records)
     else:
-        with atomic_open(output, "wb") as out:
+        size = sum(os.path.getsize(found[i][0]) for i in range(n))
+        with atomic_open(output, "wb", what="merged records", size=size) as out:
             for i in range(n):
                 with open(found[i][0], "rb") as f:
                     shutil.copyfileobj(f, out)

@@ -310,6 +310,8 @@ def generate_instruction_set(clean: Mapping[str, Sequence[str]], specs: Mapping[
         attacks=attacks, seed=seed, rate=rate, wordnet=wordnet, lm_scorer=lm_scorer, paraphraser=paraphraser,
         progress=progress,
     )
+    for task, texts in clean.items():  # with no attack at all (`--attacks clean`) the clean set alone
+        table.setdefault(task, {}).setdefault("clean", list(texts))
     out = [Instruction(task, attack, i, text) for task, per in table.items() for attack, texts in per.items()
            for i, text in enumerate(texts) if text is not None]
     return InstructionSet(out, source=source or f"generated(seed={seed})")

@@ -11,7 +11,9 @@
             run_config.yaml                     the run config of the run that wrote it
             hf_config/                          model config, generation config and tokenizer
                                                 (what `coin export` needs besides the weights)
-            coin_complete.json                  written last: step, epoch, samples, time
+            coin_complete.json                  written last: step, epoch, samples, time, what the
+                                                run was (world size, batch sizes, data fingerprints)
+                                                and the manifest: size + xxh3_128 of every other file
         step_00000030/ ...
 
 The file name `latest` and its content are DeepSpeed's own convention, so DeepSpeed tools
@@ -24,10 +26,20 @@ removed by the next successful save. `keep_last` complete checkpoints are kept.
 Resume (`output.resume`): `auto` continues from `<output.dir>/checkpoints/latest` when it exists
 (a fresh start otherwise); `never` always starts fresh; anything else is a path to a run output
 directory, a `checkpoints/` directory or one tag directory, and must hold a complete checkpoint.
+
+Before anything is loaded (resume, `coin export`), `verify` checks a checkpoint: every file of the
+manifest is there with its size and hash, no file was added, and no torch file holds a pickled
+global outside torch's weights-only set and the DeepSpeed state types of engine.py (what
+`torch.load(weights_only=True)` would refuse: a planted `__reduce__` payload). The loads
+themselves then run with weights_only=True (engine.safe_torch_load). With `auto`, a checkpoint
+that fails is skipped (the caller says which and why) for the newest one that verifies. A
+checkpoint without a manifest (written before coin recorded one) is accepted with a warning: its
+files are only scanned for unsafe globals.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import random
@@ -37,9 +49,10 @@ import time
 
 import numpy as np
 import torch
+import xxhash
 import yaml
 
-from coin.errors import CoinError
+from coin.errors import CoinError, warn
 
 LATEST = "latest"
 COMPLETE = "coin_complete.json"
@@ -49,7 +62,11 @@ _TAG_RE = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointError(CoinError):
-    """A checkpoint that cannot be resumed from (missing, incomplete, incompatible)."""
+    """A checkpoint that cannot be resumed from (missing, incomplete, corrupt, unsafe, incompatible)."""
+
+
+class CheckpointDiskFullError(CoinError):
+    """A checkpoint save ran out of space: the partial directory is removed, `latest` untouched."""
 
 
 def tag_for(step: int) -> str:
@@ -105,28 +122,54 @@ def _fsync_dir(path: str) -> None:
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` so that readers see the old or the new content, never a mix."""
+    """Write `text` to `path` so that readers see the old or the new content, never a mix (on
+    failure, e.g. a full disk, the temporary file is removed and `path` is untouched)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     _fsync_dir(os.path.dirname(path) or ".")
 
 
-def commit(root: str, tag: str, info: dict) -> None:
-    """Rank 0, after every rank finished writing `tag`: mark it complete, then point `latest` at it."""
-    write_atomic(os.path.join(root, tag, COMPLETE), json.dumps(info, indent=1, sort_keys=True) + "\n")
+def commit(root: str, tag: str, info: dict, files: dict | None = None) -> None:
+    """Rank 0, after every rank finished writing `tag`: mark it complete, then point `latest` at it.
+
+    `files` is the manifest (`hash_files` of every file of the tag directory, the ranks' shares
+    merged); None computes it here, in this process."""
+    tag_dir = os.path.join(root, tag)
+    if files is None:
+        files = hash_files(tag_dir, tag_files(tag_dir))
+    info = dict(info, files=files)
+    write_atomic(os.path.join(tag_dir, COMPLETE), json.dumps(info, indent=1, sort_keys=True) + "\n")
     write_atomic(os.path.join(root, LATEST), tag + "\n")
 
 
 def prepare_tag(root: str, tag: str) -> None:
-    """Rank 0, before a save: remove a half-written directory left under the same tag by a crash."""
+    """Rank 0, before a save: remove a directory left under the same tag, half-written by a crash
+    or (complete) by a run whose later steps were abandoned for an older checkpoint."""
     path = os.path.join(root, tag)
-    if os.path.isdir(path) and not is_complete(root, tag):
+    if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
+
+
+def remove_partial(root: str, tag: str) -> None:
+    """After a failed save of `tag`: remove its directory unless `latest` already names it."""
+    path = os.path.join(root, LATEST)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read().strip() == tag:
+                return
+    shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
 
 
 def prune(root: str, keep_last: int) -> list[str]:
@@ -141,6 +184,198 @@ def prune(root: str, keep_last: int) -> list[str]:
             shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
             removed.append(tag)
     return removed
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# torch.save's C++ writer reports a failed write without an errno
+_WRITE_FAILED = ("file write failed", "PytorchStreamWriter failed", "iostream error", "unexpected pos")
+
+
+def save_error(e: BaseException, root: str, tag: str, needed_bytes: int) -> CoinError | None:
+    """The one-line error for an exception raised while writing checkpoint root/tag, or None when
+    it is not an I/O error. A full disk (ENOSPC, EDQUOT, or a torch write failure while less than
+    `needed_bytes` is free) is a CheckpointDiskFullError with the size needed."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    io_error = isinstance(e, OSError) or any(m in str(e) for m in _WRITE_FAILED)
+    if not io_error:
+        return None
+    if getattr(e, "errno", None) in _DISK_FULL or (not isinstance(e, OSError) and free is not None
+                                                    and free < needed_bytes):
+        return CheckpointDiskFullError(
+            f"checkpoint {tag}: no space left on {root} (needs ~{needed_bytes / 1e6:.0f} MB"
+            + (f", {free / 1e6:.0f} MB free" if free is not None else "") + "): the partial checkpoint was "
+            f"removed and {LATEST} still names the previous one")
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0]
+    where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+    return CheckpointError(f"checkpoint {tag}: cannot be written to {root}{where}: {reason}: the partial "
+                           f"checkpoint was removed and {LATEST} still names the previous one")
+
+
+# ----------------------------------------------------------------------------- integrity
+
+HASH = "xxh3_128"
+_CHUNK = 8 << 20
+
+
+def hash_file(path: str) -> dict:
+    """{"size", "xxh3_128"} of a file's bytes."""
+    h = xxhash.xxh3_128()
+    size = 0
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+            size += n
+    return {"size": size, HASH: h.hexdigest()}
+
+
+def tag_files(tag_dir: str) -> list[str]:
+    """Every file under a tag directory (relative paths, sorted), the completion marker excepted."""
+    out = []
+    for parent, dirs, names in os.walk(tag_dir):
+        dirs.sort()
+        for name in names:
+            rel = os.path.relpath(os.path.join(parent, name), tag_dir)
+            if rel != COMPLETE:
+                out.append(rel)
+    return sorted(out)
+
+
+def share(sizes: dict[str, int], rank: int, world: int) -> list[str]:
+    """This rank's part of the files (largest first, dealt round-robin): every rank hashes its part."""
+    order = sorted(sizes, key=lambda rel: (-sizes[rel], rel))
+    return order[rank::world]
+
+
+def hash_files(tag_dir: str, files: list[str]) -> dict[str, dict]:
+    return {rel: hash_file(os.path.join(tag_dir, rel)) for rel in files}
+
+
+def fingerprint(path: str) -> dict:
+    """What a data file (or a directory of them) was: size and xxh3_128 of its content."""
+    if os.path.isdir(path):
+        files = hash_files(path, tag_files(path))
+        return {"size": sum(f["size"] for f in files.values()),
+                HASH: xxhash.xxh3_128(json.dumps(files, sort_keys=True).encode()).hexdigest()}
+    return hash_file(path)
+
+
+def read_info(root: str, tag: str) -> dict:
+    """The parsed completion marker of root/tag."""
+    path = os.path.join(root, tag, COMPLETE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {os.path.join(root, tag)}: {COMPLETE} cannot be read ({e})") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"checkpoint {os.path.join(root, tag)}: {COMPLETE} is not a JSON object")
+    return info
+
+
+def unsafe_globals(path: str) -> list[str]:
+    """The pickled globals of a torch file that `engine.safe_torch_load` would refuse (static: the
+    pickle is disassembled, nothing is unpickled, no tensor data is read)."""
+    from .engine import DEEPSPEED_STATE_TYPES
+
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:  # not a torch zip file, or a corrupt one
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return [f"<unreadable: {first}>"]
+    return sorted(set(found) - set(DEEPSPEED_STATE_TYPES))
+
+
+def verify(root: str, tag: str, rank: int = 0, world: int = 1) -> str | None:
+    """What is wrong with checkpoint root/tag (one line naming the file), or None when it is sound.
+
+    With several ranks each checks its share of the files (`share`) and rank 0 also the file set:
+    combine the answers of every rank (the first problem by rank, `first_problem`).
+    """
+    tag_dir = os.path.join(root, tag)
+    where = f"checkpoint {tag_dir}"
+    try:
+        info = read_info(root, tag)
+    except CheckpointError as e:
+        return str(e)
+    files = info.get("files")
+    if files is None:  # older format: nothing to compare with; still refuse unsafe pickles
+        if rank == 0:
+            warn("coin", f"{where}: no manifest in {COMPLETE} (written by an older coin): its files are not "
+                         f"verified, only scanned for unsafe pickles")
+        present = tag_files(tag_dir)
+        sizes = {rel: os.path.getsize(os.path.join(tag_dir, rel)) for rel in present}
+    else:
+        sizes = {rel: entry["size"] for rel, entry in files.items()}
+        if rank == 0:
+            present = set(tag_files(tag_dir))
+            missing = sorted(set(files) - present)
+            if missing:
+                return f"{where}: {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            extra = sorted(present - set(files))
+            if extra:
+                return f"{where}: {extra[0]} was not part of the checkpoint when it was saved (not in its manifest)"
+    for rel in share(sizes, rank, world):
+        path = os.path.join(tag_dir, rel)
+        if files is not None:
+            try:
+                size = os.path.getsize(path)
+            except OSError as e:
+                return f"{where}: {rel} cannot be read ({e.strerror})"
+            want = files[rel]
+            if size != want["size"]:
+                return f"{where}: {rel} is truncated or altered ({size} bytes, {want['size']} when saved)"
+            try:
+                got = hash_file(path)
+            except OSError as e:
+                return f"{where}: {rel} cannot be read ({e.strerror})"
+            if got[HASH] != want[HASH]:
+                return f"{where}: {rel} is altered (same size, but its {HASH} differs from the one saved)"
+        if rel.endswith(".pt"):
+            bad = unsafe_globals(path)
+            if bad:
+                return (f"{where}: {rel} refused: it pickles {bad[0]}, not a tensor or DeepSpeed state type "
+                        f"(loading it could run code)")
+    return None
+
+
+def first_problem(problems: list[str | None]) -> str | None:
+    return next((p for p in problems if p), None)
+
+
+def check_compatible(root: str, tag: str, run: dict) -> None:
+    """The checkpoint was written by a run like this one (`run`: world_size, micro_batch_size,
+    gradient_accumulation_steps, data fingerprints, as `completion_info` records them): a
+    CheckpointError naming the old and the new value otherwise. Keys the checkpoint does not
+    record (an older format) are not compared."""
+    where = f"checkpoint {os.path.join(root, tag)}"
+    saved = read_info(root, tag)
+    world = saved.get("world_size")
+    if world is not None and world != run["world_size"]:
+        raise CheckpointError(
+            f"{where}: written by {world} ranks, this run has {run['world_size']} (ZeRO partitions the optimiser "
+            f"state per rank): resume with --nproc {world}, or `coin export {os.path.join(root, tag)} OUT` and start "
+            f"a new run with model.name_or_path: OUT")
+    for key in ("micro_batch_size", "gradient_accumulation_steps"):
+        if key in saved and saved[key] != run[key]:
+            raise CheckpointError(f"{where}: written with optim.{key}={saved[key]}, this run has {run[key]} "
+                                  f"(exact resume needs the same; export it and start a new run instead)")
+    for split, fp in (saved.get("data") or {}).items():
+        now = run["data"].get(split)
+        if fp != now:
+            def show(f):
+                return "none" if f is None else f"{f['size']} bytes, {HASH} {f[HASH][:12]}"
+
+            raise CheckpointError(
+                f"{where}: data.{split} changed since it was saved (was {show(fp)}; now {show(now)}): resume needs "
+                f"the same data; restore it, or start a new run (output.resume: never, or a new output.dir)")
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -181,7 +416,12 @@ def load_rng(root: str, tag: str, rank: int) -> None:
     path = rng_path(root, tag, rank)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {os.path.join(root, tag)}: no RNG state for rank {rank} ({path})")
-    set_rng_state(torch.load(path, weights_only=True))
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # refused global, truncated zip, I/O error
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot be loaded ({first})") from None
+    set_rng_state(state)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -208,18 +448,41 @@ def resolve_checkpoint(path: str) -> tuple[str, str]:
     raise CheckpointError(f"'{path}' holds no complete checkpoint (expected {LATEST} or step_*/{COMPLETE})")
 
 
-def find_resume(output_dir: str, resume: str) -> tuple[str, str] | None:
-    """What `output.resume` asks for: (root, tag), or None for a fresh start."""
+def find_resume(output_dir: str, resume: str, verify=verify, on_skip=None) -> tuple[str, str] | None:
+    """What `output.resume` asks for: (root, tag) of a checkpoint that verifies, or None for a
+    fresh start. `verify(root, tag)` -> problem or None (a multi-rank run passes one that agrees
+    across ranks). With `auto` a checkpoint that fails is skipped for the next older complete one
+    (`on_skip(tag, problem)` is told); if every one fails, a CheckpointError lists them. A named
+    checkpoint that fails is a CheckpointError."""
     if resume == "never":
         return None
     if resume == "auto":
         root = checkpoints_dir(output_dir)
-        tag = read_latest(root)
-        return (root, tag) if tag else None
-    return resolve_checkpoint(resume)
+        latest = read_latest(root)
+        if latest is None:
+            return None
+        candidates = [latest] + [t for t in reversed(list_tags(root)) if t != latest and is_complete(root, t)]
+        skipped = []
+        for tag in candidates:
+            problem = verify(root, tag)
+            if problem is None:
+                return root, tag
+            skipped.append(problem)
+            if on_skip is not None:
+                on_skip(tag, problem)
+        raise CheckpointError(f"no checkpoint under {root} verifies ({'; '.join(skipped)}): "
+                              f"set output.resume: never to start afresh, or restore a good checkpoint")
+    root, tag = resolve_checkpoint(resume)
+    problem = verify(root, tag)
+    if problem is not None:
+        raise CheckpointError(problem)
+    return root, tag
 
 
 def completion_info(step: int, **fields) -> dict:
+    """The completion marker's fields (the manifest is added by `commit`). The trainer records
+    epoch, consumed_samples, world_size, micro_batch_size, gradient_accumulation_steps and
+    data ({"train": fingerprint, "eval": ...}): what `check_compatible` compares on resume."""
     return {"step": step, "time": time.time(), **fields}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from coin.data_tools.prompt import MIN_PROMPT_TOKENS
 from coin.errors import CoinError, read_json
 
 
@@ -79,6 +81,11 @@ class DataConfig:
     system_prompt: str | None = None  # chat only: a system turn before the user turn
     add_bos: bool = True
     add_eos: bool = False  # the reference adds no EOS
+    # A record whose instruction truncation would cut to fewer prompt-body tokens than this (in the
+    # original or any paraphrase) is left out of the token cache and counted per task (0: never).
+    min_prompt_tokens: int = MIN_PROMPT_TOKENS  # 8
+    # More than this share of a file's records left out that way: training refuses to start.
+    max_dropped_share: float = 0.05
     cache_dir: str | None = None  # token cache; default <output.dir>/token_cache
     num_workers: int = 0
     # with coin.pool: step, the sampler packs hard-negative groups into a whole step's pool (a group
@@ -88,13 +95,20 @@ class DataConfig:
 
 @dataclass
 class CoinConfig:
-    contrastive: bool = True  # false: plain SFT on originals (+ paraphrases), the paper's baseline
+    # coin: CE(original) + CE(paraphrase) + w * contrastive | cit: CE(original) + CE(paraphrase)
+    # (continual instruction tuning, the paper's baseline) | sft: CE(original) only | consistency:
+    # CE(original) + CE(paraphrase) + consistency_weight * JS of the two views' response tokens
+    objective: str = "coin"
     pooling: str = "last"  # last | prompt_last | mean
     temperature: float = 0.05
-    weighting: str = "adaptive"  # adaptive: w = min(max_weight, L_gen / L_ctr); constant: w = weight
-    max_weight: float = 1000.0  # lambda of the paper
+    # the contrastive weight w (objective coin): adaptive: min(max_weight, L_gen / L_ctr) (the paper);
+    # constant: weight; gradnorm: min(max_weight, grad_ratio * |dL_gen/dh| / |dL_ctr/dh|), h the final hidden states
+    weighting: str = "adaptive"
+    max_weight: float = 1000.0  # lambda of the paper; also caps gradnorm
     weight: float = 1.0  # the constant weight when weighting = constant
-    gen_loss: str = "both"  # both: CE(original) + CE(paraphrase) (reference) | original
+    grad_ratio: float = 0.5  # gradnorm: the contrastive gradient norm at h over the generation one
+    consistency_weight: float = 1.0  # objective consistency: the weight of the JS term
+    weight_warmup_steps: int = 0  # the contrastive / consistency weight ramps linearly from 0 over these optimiser steps
     gather: bool = True  # negatives from every rank (pool = world x micro-batch)
     gather_group_size: int = 0  # 0: all ranks; k: pools of k consecutive ranks
     lm_loss_chunks: int = 8  # the output projection runs in this many chunks (fixed: same calls on every rank)
@@ -123,6 +137,7 @@ class OptimConfig:
 @dataclass
 class DeepSpeedConfig:
     config: str = "ds_configs/zero3.json"
+    collective_timeout_s: float = 1800.0  # a rank waiting longer than this in a collective fails the run
 
 
 @dataclass
@@ -164,8 +179,8 @@ _CHOICES = {
     "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
     "data.prompt_format": ("plain", "chat"),
     "coin.pooling": ("last", "prompt_last", "mean"),
-    "coin.weighting": ("adaptive", "constant"),
-    "coin.gen_loss": ("both", "original"),
+    "coin.objective": ("coin", "cit", "sft", "consistency"),
+    "coin.weighting": ("adaptive", "constant", "gradnorm"),
     "coin.pool": ("micro", "step"),
     "optim.schedule": ("linear", "cosine", "constant"),
 }
@@ -206,17 +221,31 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # inf, -inf, nan (`.inf`, `inf`, `nan`): no setting can use one
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+# Keys that existed once: a config that still has one fails with what to write instead.
+_REMOVED = {
+    "coin.contrastive": "coin.contrastive: removed; use coin.objective: cit (contrastive term off, "
+                        "originals + paraphrases) or coin.objective: coin",
+    "coin.gen_loss": "coin.gen_loss: removed; coin.objective decides it (sft: originals only; "
+                     "coin, cit, consistency: originals + paraphrases)",
+}
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -227,6 +256,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if full in _REMOVED:
+            raise ConfigError(_REMOVED[full])
         if key not in hints:
             raise ConfigError(f"unknown key '{full}' (expected one of: {', '.join(names)})")
         tp = hints[key]
@@ -325,11 +356,21 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
     _require(c.weight >= 0, f"coin.weight: expected a number >= 0, got {c.weight}")
     _require(c.gather_group_size >= 0, f"coin.gather_group_size: expected an integer >= 0, got {c.gather_group_size}")
     _require(c.lm_loss_chunks >= 1, f"coin.lm_loss_chunks: expected an integer >= 1, got {c.lm_loss_chunks}")
-    _require(c.pool == "micro" or c.contrastive,
-             "coin.pool: 'step' pools contrastive negatives; with coin.contrastive: false use 'micro'")
+    _require(c.grad_ratio > 0, f"coin.grad_ratio: expected a number > 0, got {c.grad_ratio}")
+    _require(c.consistency_weight >= 0, f"coin.consistency_weight: expected a number >= 0, got {c.consistency_weight}")
+    _require(c.weight_warmup_steps >= 0,
+             f"coin.weight_warmup_steps: expected an integer >= 0, got {c.weight_warmup_steps}")
+    _require(c.pool == "micro" or c.objective == "coin",
+             f"coin.pool: 'step' pools contrastive negatives; it needs coin.objective: coin, got {c.objective!r}")
+    _require(c.pool == "micro" or c.weighting != "gradnorm",
+             "coin.weighting: gradnorm needs coin.pool: micro (the step-wide pool has no hidden-state gradients in pass 1)")
     _require(not d.spread_groups or c.pool == "step",
              f"data.spread_groups: true packs groups into a step's pool; it needs coin.pool: step, got {c.pool!r}")
     _require(o.lr > 0, f"optim.lr: expected a number > 0, got {o.lr}")
+    _require(0 <= o.beta1 < 1, f"optim.beta1: expected a number in [0, 1), got {o.beta1}")
+    _require(0 <= o.beta2 < 1, f"optim.beta2: expected a number in [0, 1), got {o.beta2}")
+    _require(o.eps > 0, f"optim.eps: expected a number > 0, got {o.eps}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay: expected a number >= 0, got {o.weight_decay}")
     _require(o.micro_batch_size >= 1, f"optim.micro_batch_size: expected an integer >= 1, got {o.micro_batch_size}")
     _require(
         o.gradient_accumulation_steps >= 1,
@@ -340,6 +381,11 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
     _require(o.epochs >= 1, f"optim.epochs: expected an integer >= 1, got {o.epochs}")
     _require(o.max_steps >= 0, f"optim.max_steps: expected an integer >= 0, got {o.max_steps}")
     _require(d.max_length >= 8, f"data.max_length: expected an integer >= 8, got {d.max_length}")
+    _require(d.min_prompt_tokens >= 0, f"data.min_prompt_tokens: expected an integer >= 0, got {d.min_prompt_tokens}")
+    _require(d.min_prompt_tokens < d.max_length,
+             f"data.min_prompt_tokens: expected fewer than data.max_length={d.max_length}, got {d.min_prompt_tokens}")
+    _require(0 <= d.max_dropped_share <= 1,
+             f"data.max_dropped_share: expected a number in [0, 1], got {d.max_dropped_share}")
     _require(
         d.prompt_template.count("{prompt}") == 1,
         f"data.prompt_template: expected exactly one '{{prompt}}' placeholder, got {d.prompt_template!r}",
@@ -347,6 +393,7 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
     _require(d.system_prompt is None or d.prompt_format == "chat",
              "data.system_prompt: only used with data.prompt_format: chat (the plain format has no system turn)")
     _validate_lora(cfg.model)
+    _validate_tiny(cfg.model.tiny)
     _require(not cfg.output.export_merged or cfg.model.lora is not None,
              "output.export_merged: only for LoRA runs (model.lora); a full-parameter export is the full model already")
     _require(cfg.output.keep_last >= 1, f"output.keep_last: expected an integer >= 1, got {cfg.output.keep_last}")
@@ -363,16 +410,47 @@ def validate(cfg: RunConfig, *, check_paths: bool = True) -> None:
         _require(os.path.exists(d.train), f"data.train: path '{d.train}' does not exist")
         if d.eval:
             _require(os.path.exists(d.eval), f"data.eval: path '{d.eval}' does not exist")
-        name = cfg.model.name_or_path
-        if name.startswith((".", "/", "~")):  # a path must exist; an `org/name` hub id cannot be checked offline
-            _require(os.path.isdir(os.path.expanduser(name)), f"model.name_or_path: directory '{name}' does not exist")
+        # A local path must exist (checked here, before any hub lookup); an `org/name` hub id
+        # cannot be checked offline (see is_local_path).
+        for key, name in (("model.name_or_path", cfg.model.name_or_path), ("model.tokenizer", cfg.model.tokenizer)):
+            if name is not None and is_local_path(name):
+                _require(os.path.isdir(os.path.expanduser(name)), f"{key}: directory '{name}' does not exist")
+    t = cfg.deepspeed.collective_timeout_s
+    _require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+             f"deepspeed.collective_timeout_s: expected a finite number of seconds > 0, got {t!r}")
     # The DeepSpeed file is read now so that a contradiction fails before any model loads.
     ds = deepspeed_config(cfg, world_size=1)
     _require(
-        cfg.model.quantization is None or ds.get("zero_optimization", {}).get("stage") != 3,
+        cfg.model.quantization is None or zero_stage(ds, cfg.deepspeed.config) != 3,
         f"model.quantization: a bitsandbytes-quantized base cannot be partitioned by ZeRO-3 "
         f"({cfg.deepspeed.config}); use a ZeRO-2 config such as ds_configs/zero2.json",
     )
+
+
+def is_local_path(name: str) -> bool:
+    """Whether a model or tokenizer name is a path on disk rather than a Hugging Face hub id: it
+    starts with `.`, `/` or `~` (`./x`, `../x`, `/x`, `~/x`), holds a backslash, or has more than
+    one `/` (`a/b/c`). `tiny`, `name` and `org/name` are hub ids when no such directory exists."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _validate_tiny(t: TinyModelConfig) -> None:
+    """The embedded tiny LLaMA's shape: what LlamaConfig would otherwise refuse deep inside loading."""
+    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings"):
+        value = getattr(t, name)
+        _require(value >= 1, f"model.tiny.{name}: expected an integer >= 1, got {value}")
+    _require(t.seed >= 0, f"model.tiny.seed: expected an integer >= 0, got {t.seed}")
+    _require(t.hidden_size % t.num_attention_heads == 0,
+             f"model.tiny.hidden_size: expected a multiple of model.tiny.num_attention_heads={t.num_attention_heads}, "
+             f"got {t.hidden_size}")
+    head_dim = t.hidden_size // t.num_attention_heads
+    _require(head_dim % 2 == 0,
+             f"model.tiny.hidden_size: expected an even head size (rotary embeddings) hidden_size / "
+             f"num_attention_heads, got {t.hidden_size} / {t.num_attention_heads} = {head_dim}")
+    _require(t.num_attention_heads % t.num_key_value_heads == 0,
+             f"model.tiny.num_key_value_heads: expected a divisor of model.tiny.num_attention_heads="
+             f"{t.num_attention_heads}, got {t.num_key_value_heads}")
 
 
 def _validate_lora(m: ModelConfig) -> None:
@@ -397,7 +475,20 @@ def _read_ds_file(path: str) -> dict:
     ds = read_json(path, ConfigError, what="deepspeed.config: file")
     if not isinstance(ds, dict):
         raise ConfigError(f"deepspeed.config: '{path}' must hold a JSON object")
+    zero_stage(ds, path)
     return ds
+
+
+def zero_stage(ds: dict, path: str) -> int:
+    """The ZeRO stage of a DeepSpeed config (0 when it has no zero_optimization block); anything but
+    an integer 0..3 is a ConfigError naming the file and the field."""
+    zero = ds.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ConfigError(f"deepspeed.config: {path}: zero_optimization: expected a JSON object, got {zero!r}")
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage <= 3:
+        raise ConfigError(f"deepspeed.config: {path}: zero_optimization.stage: expected an integer 0..3, got {stage!r}")
+    return stage
 
 
 def _fill(ds: dict, dotted: str, value: Any, source: str, path: str) -> None:

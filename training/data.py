@@ -39,7 +39,8 @@ def load_token_cache(cfg: RunConfig, path: str, tokenizer):
 
     def build():
         return build_token_cache(path, tokenizer, fmt, cfg.data.max_length, _cache_dir(cfg),
-                                 show_progress=dist.rank() == 0)
+                                 min_prompt_tokens=cfg.data.min_prompt_tokens,
+                                 max_dropped_share=cfg.data.max_dropped_share, show_progress=dist.rank() == 0)
 
     return dist.main_first(build)
 

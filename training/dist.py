@@ -13,6 +13,7 @@ barrier, destroys the group, flushes and leaves through os._exit.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from typing import Callable, TypeVar
@@ -24,8 +25,10 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 
-def init() -> None:
-    """Initialise torch.distributed through DeepSpeed (idempotent; single process allowed)."""
+def init(timeout_s: float | None = None) -> None:
+    """Initialise torch.distributed through DeepSpeed (idempotent; single process allowed); a
+    collective that waits longer than `timeout_s` seconds (default: deepspeed.collective_timeout_s's
+    default) fails instead of hanging."""
     if dist.is_available() and dist.is_initialized():
         return
     os.environ.setdefault("RANK", "0")
@@ -37,7 +40,12 @@ def init() -> None:
 
     if use_cuda():  # before the group exists, so NCCL binds each rank to its own GPU
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", verbose=False)
+    if timeout_s is None:
+        from .config import DeepSpeedConfig
+
+        timeout_s = DeepSpeedConfig.collective_timeout_s
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", verbose=False,
+                               timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def use_cuda() -> bool:

@@ -12,6 +12,14 @@ same order (ZeRO-3 gathers and partitions parameters inside them).
     engine.save_checkpoint(root, tag, client_state)             # collective
     client_state = engine.load_checkpoint(root, tag)            # collective
     state_dict = engine.consolidated_state_dict()               # collective; full weights on rank 0
+    state_dict = consolidate_checkpoint(root, tag)              # offline (coin export), one process
+
+Every checkpoint file DeepSpeed reads for us (resume, zero_to_fp32 consolidation) is loaded
+inside `safe_torch_load()`: torch.load with weights_only=True whatever DeepSpeed asks for, and
+only the DeepSpeed state types below allowed beyond torch's own tensors and containers. The list
+is what a real checkpoint holds (ZeRO 1-3, fp32/bf16/fp16, found by saving one on CPU and asking
+torch.serialization.get_unsafe_globals_in_checkpoint): a pickled object of any other class, a
+planted `__reduce__` payload, is refused with a CheckpointError naming the file, before it runs.
 
 Gradient accumulation is DeepSpeed's: `backward` divides the loss by the accumulation steps and
 `step` applies the optimiser only at a boundary. The LR schedule (schedule.py) is handed to
@@ -20,17 +28,79 @@ state in the checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import pickle
+import re
 import warnings
 
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError
 from .config import OptimConfig
 from .schedule import build_scheduler
+
+# The classes DeepSpeed pickles into its checkpoints (optimiser states): module.name strings.
+DEEPSPEED_STATE_TYPES = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",  # ZeRO 1/2
+)
 
 # DeepSpeed's ZeRO collectives (also those of zero.Init while a model loads) call torch APIs
 # deprecated in recent releases: one warning per call, several per step, would drown the log.
 warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+
+
+def _deepspeed_state_classes() -> list[type]:
+    import importlib
+
+    out = []
+    for name in DEEPSPEED_STATE_TYPES:
+        module, _, attr = name.rpartition(".")
+        out.append(getattr(importlib.import_module(module), attr))
+    return out
+
+
+@contextlib.contextmanager
+def safe_torch_load():
+    """Within: every `torch.load` (DeepSpeed's checkpoint engine, zero_to_fp32) runs with
+    weights_only=True and the DeepSpeed state types allowed; a refused or unreadable file is a
+    CheckpointError naming it. Not thread-safe (it replaces torch.load for the duration)."""
+    real = torch.load
+    allowed = _deepspeed_state_classes()
+
+    def load(f, map_location=None, **kwargs):
+        kwargs["weights_only"] = True
+        kwargs.pop("pickle_module", None)
+        with torch.serialization.safe_globals(allowed):
+            try:
+                return real(f, map_location=map_location, **kwargs)
+            except pickle.UnpicklingError as e:
+                text = str(e)
+                m = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", text)
+                what = f"it pickles {m.group(1)}, " if m else ""
+                raise CheckpointError(f"{f}: refused: {what}not a tensor or DeepSpeed state type "
+                                      f"(loading it could run code)") from None
+            except (RuntimeError, EOFError, OSError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CheckpointError(f"{f}: cannot be loaded ({first})") from None
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = real
+
+
+def consolidate_checkpoint(root: str, tag: str) -> dict[str, torch.Tensor]:
+    """One process, no accelerator: the full fp32 weights of a ZeRO checkpoint (zero_to_fp32),
+    every file loaded through `safe_torch_load`."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with safe_torch_load():
+        return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
 
 
 class Engine:
@@ -118,16 +188,23 @@ class Engine:
         self.ds.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False,
                                 exclude_frozen_parameters=True)
 
+    def checkpoint_bytes_estimate(self) -> int:
+        """About how many bytes a checkpoint takes: per trained parameter its fp32 master copy and
+        Adam's two moments (12 bytes), plus the 16/32-bit weights where ZeRO-3 does not hold them."""
+        per = 12 + (0 if self.zero_stage == 3 else 4)
+        return sum(getattr(p, "ds_numel", p.numel()) * per for p in self.module.parameters() if p.requires_grad)
+
     def load_checkpoint(self, root: str, tag: str) -> dict:
         """Collective. Restores model, optimiser and scheduler; returns the client state.
 
-        Strict about the module's keys, except that frozen parameters (absent from the checkpoint,
+        Every file is read through `safe_torch_load` (weights_only). Strict about the module's keys, except that frozen parameters (absent from the checkpoint,
         see `save_checkpoint`) keep the values they were loaded with.
         """
-        path, client_state = self.ds.load_checkpoint(
-            root, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True,
-            load_module_strict=not self.has_frozen_parameters,
-        )
+        with safe_torch_load():
+            path, client_state = self.ds.load_checkpoint(
+                root, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True,
+                load_module_strict=not self.has_frozen_parameters,
+            )
         if path is None:
             from coin.errors import CoinError
 

@@ -14,7 +14,9 @@ directory (the newest complete checkpoint is used for the first two). OUT_DIR re
 and loads with `AutoModelForCausalLM.from_pretrained(OUT_DIR)` / `AutoTokenizer.from_pretrained`.
 
 From a checkpoint the ZeRO shards are consolidated offline, in one process without a GPU
-(DeepSpeed's zero_to_fp32), then cast to the run's `model.dtype`. At the end of a run the same
+(DeepSpeed's zero_to_fp32), then cast to the run's `model.dtype`. The checkpoint is verified
+first (checkpoint.verify: sizes and hashes of its manifest, no unsafe pickle) and every file is
+loaded with weights_only=True (engine.safe_torch_load). At the end of a run the same
 directory is written from the live engine (`<output.dir>/hf`): the parameters are gathered from
 the ranks, so no checkpoint round-trip is needed. Both paths give identical weights.
 
@@ -188,12 +190,14 @@ def _base_with_adapters(mcfg, adapters: dict[str, torch.Tensor]) -> dict[str, to
 def export_checkpoint(path: str, out_dir: str, merged: bool = False) -> str:
     """Consolidate a (ZeRO) checkpoint offline into an HF directory (a LoRA run: its adapter, or
     with `merged` the merged model); returns the tag used."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     from .config import model_config_from_dict
+    from .engine import consolidate_checkpoint
     from .model import DTYPES, resolve_model_path
 
     root, tag = ckpt.resolve_checkpoint(path)
+    problem = ckpt.verify(root, tag)  # manifest sizes + hashes, and no unsafe pickle, before anything loads
+    if problem is not None:
+        raise ckpt.CheckpointError(problem)
     tag_dir = os.path.join(root, tag)
     hf_config_dir = os.path.join(tag_dir, ckpt.HF_CONFIG)
     if not os.path.isdir(hf_config_dir):
@@ -209,7 +213,7 @@ def export_checkpoint(path: str, out_dir: str, merged: bool = False) -> str:
     if merged and mcfg.lora is None:
         raise CoinError(f"coin export --merged: {tag_dir} holds full parameters (no model.lora): "
                         f"its export is the full model already; leave out --merged")
-    state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    state = consolidate_checkpoint(root, tag)  # every file loaded with weights_only=True
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     final = _read_json(os.path.join(os.path.dirname(root), "final_metrics.json"))
     if final is not None and final.get("step") != ckpt.step_of(tag):

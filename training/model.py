@@ -24,7 +24,7 @@ from torch import nn
 
 from coin.paths import cache_root
 
-from .config import ConfigError, LoraConfig, ModelConfig, TinyModelConfig
+from .config import ConfigError, LoraConfig, ModelConfig, TinyModelConfig, is_local_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ADAPTER_CONFIG = "adapter_config.json"  # what marks a PEFT adapter directory
@@ -96,11 +96,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "spiece.model", "sentencepiece.bpe.model", "tekken.json")
 
 
-def _may_be_hub_id(name: str) -> bool:
-    """`org/name` or `name`: what the Hugging Face hub accepts; `./x`, `/x`, `~/x`, `a/b/c` are paths."""
-    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and "\\" not in name
-
-
 def model_path_error(path: str, what: str, tokenizer: bool = True) -> str | None:
     """Why `path` (given as `what`, e.g. model.name_or_path or --model) cannot be loaded from disk, or
     None: it is `tiny`, a directory (with tokenizer files, if `tokenizer`), or absent but possibly a hub id."""
@@ -108,7 +103,7 @@ def model_path_error(path: str, what: str, tokenizer: bool = True) -> str | None
         return None
     full = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(full):
-        if _may_be_hub_id(path):
+        if not is_local_path(path):  # `name` or `org/name`: possibly a hub id
             return None
         return f"{what}: '{path}' was not found on disk (no directory {full})"
     if tokenizer and os.path.isdir(full) and not any(os.path.isfile(os.path.join(full, f)) for f in TOKENIZER_FILES):

@@ -5,7 +5,9 @@ Everything here runs on rank 0 only (other ranks get a Monitor whose methods do 
 - `<output.dir>/metrics.jsonl`: one JSON object per line, written every optimiser step
   (`"kind": "train"`), every evaluation (`"kind": "eval"`) and for events (`"kind"`:
   `"nonfinite"`, `"checkpoint"`, `"preempted"`, `"resume"`). On resume the file is cut back to the
-  resumed step, so it always describes the lineage of the current weights.
+  resumed step, so it always describes the lineage of the current weights (rewritten atomically).
+  A full disk (or an I/O error) while writing it stops the run with a one-line DiskFullError
+  naming the file.
 - TensorBoard (`<output.dir>/tensorboard/`): every `logging.log_every` steps the means over the
   interval of the train scalars below; the eval scalars after each evaluation; the run config and
   the DeepSpeed config once, as text.
@@ -29,13 +31,16 @@ import time
 
 import torch
 
+from coin.data_tools.atomic import DISK_ERRNOS, atomic_open, disk_full_error
+
 from .dist import use_cuda
 
 TRAIN_SCALARS = (
     "loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size", "lr", "grad_norm",
+    "cons_loss", "gen_grad_norm", "ctr_grad_norm",
 )
 PERF_SCALARS = ("tokens_per_s", "samples_per_s", "mfu", "memory_gb", "step_time_s")
-EVAL_SCALARS = ("loss", "gen_loss", "ctr_loss", "ctr_acc", "pos_cos", "neg_cos")
+EVAL_SCALARS = ("loss", "gen_loss", "ctr_loss", "ctr_acc", "pos_cos", "neg_cos", "cons_loss")
 
 
 def memory_gb() -> float:
@@ -89,14 +94,18 @@ class Monitor:
                     continue
                 if rec.get("step", 0) <= step:
                     kept.append(json.dumps(rec) + "\n")
-        tmp = self.metrics_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(self.metrics_path, what="metrics", size=sum(len(line) for line in kept)) as f:
             f.writelines(kept)
-        os.replace(tmp, self.metrics_path)
 
     def _write(self, record: dict) -> None:
-        self._file.write(json.dumps(_finite(record), allow_nan=False) + "\n")
-        self._file.flush()
+        line = json.dumps(_finite(record), allow_nan=False) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as e:
+            if e.errno in DISK_ERRNOS:
+                raise disk_full_error("metrics", self.metrics_path, e, len(line)) from None
+            raise
 
     def write_text(self, tag: str, text: str) -> None:
         """Once per run: the run config and the DeepSpeed config, as TensorBoard text."""

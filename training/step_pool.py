@@ -16,7 +16,10 @@ embeddings: the pool holds P = k x A x B pairs, k the ranks that share a pool (t
 symmetric InfoNCE L_ctr on the whole pool (the same P x P similarities) and its gradient with
 respect to the pool (a leaf tensor, torch.autograd.grad on that small graph), and keeps the rows
 of its own embeddings, g_a = dL_ctr/de_a. The weight w is `step.contrastive_weight` on
-(mean_a L_gen_a, L_ctr): the world means, as for the micro-batch step (one all-reduce).
+(mean_a L_gen_a, L_ctr): the world means, as for the micro-batch step (one all-reduce), with its
+warm-up. Only objective coin has a pool, so L_gen is always CE(original) + CE(paraphrase);
+weighting gradnorm needs hidden-state gradients, which pass 1 does not have: it needs pool micro
+(a ConfigError), and the logged gen_grad_norm / ctr_grad_norm are 0 here.
 
 Pass 2 (with gradients): micro-batch a restores its RNG state (the same dropout as in pass 1),
 runs its forward again and gives   loss_a = L_gen_a + c * w * sum(e_a * g_a)   (g_a detached).
@@ -70,12 +73,8 @@ def _terms(model, batch: dict, cfg: CoinConfig) -> tuple[torch.Tensor, torch.Ten
     if n % 2:
         raise ValueError(f"a CoIN batch holds originals then paraphrases: expected an even row count, got {n}")
     hidden = model(input_ids, attention_mask)
-    if cfg.gen_loss == "original":  # paraphrase rows carry no generation loss
-        labels = labels.clone()
-        labels[n // 2:] = -100
     ce, rows = token_losses(hidden, labels, getattr(model, "module", model).head, cfg.lm_loss_chunks)
-    per_view = view_means(ce, rows, n)
-    gen_loss = per_view.sum() if cfg.gen_loss == "both" else per_view[0]
+    gen_loss = view_means(ce, rows, n).sum()  # objective coin (the only one with a pool): both views
     return gen_loss, pool_hidden(hidden, attention_mask, cfg.pooling, batch.get("prompt_last")), ce.numel()
 
 
@@ -127,9 +126,11 @@ class PooledStep:
                 for i in c.batch["ids"]]
 
 
-def embed_step(model, batches: list[dict], cfg: CoinConfig, pool: NegativePool | None = None) -> PooledStep:
+def embed_step(model, batches: list[dict], cfg: CoinConfig, pool: NegativePool | None = None,
+               step: int = 0) -> PooledStep:
     """Pass 1 and the pool of one optimiser step: `batches` are this rank's micro-batches of the step
-    (all of them: as many as the engine's gradient_accumulation_steps). Collective."""
+    (all of them: as many as the engine's gradient_accumulation_steps); `step` the optimiser steps
+    done (coin.weight_warmup_steps). Collective."""
     accumulation = getattr(model, "gradient_accumulation_steps", None)
     if callable(accumulation) and accumulation() != len(batches):
         raise ValueError(f"a pooled step takes the {accumulation()} micro-batches of one optimiser step "
@@ -156,7 +157,7 @@ def embed_step(model, batches: list[dict], cfg: CoinConfig, pool: NegativePool |
         (grad,) = torch.autograd.grad(ctr_loss, leaf)
     ctr_loss = ctr_loss.detach()
     gen_loss = torch.stack([c.gen_loss for c in cached]).mean()
-    weight = contrastive_weight(gen_loss, ctr_loss, cfg)
+    weight = contrastive_weight(gen_loss, ctr_loss, cfg, step)
     mine = grad[pool.rank_in_pool] * (surrogate_scale(pool.size, len(batches)) * weight)
     for a, c in enumerate(cached):
         c.grad = torch.cat([mine[0, a * b:(a + 1) * b], mine[1, a * b:(a + 1) * b]])
@@ -164,6 +165,9 @@ def embed_step(model, batches: list[dict], cfg: CoinConfig, pool: NegativePool |
     loss = gen_loss + weight * ctr_loss
     metrics = {
         "loss": loss, "gen_loss": gen_loss, "ctr_loss": ctr_loss, "ctr_weight": weight.detach(), **ctr_metrics,
+        # hidden-state gradient norms are not computed here (pass 1 has no graph; gradnorm needs pool: micro)
+        "cons_loss": torch.zeros((), device=device), "gen_grad_norm": torch.zeros((), device=device),
+        "ctr_grad_norm": torch.zeros((), device=device),
         "pool_size": torch.tensor(float(o.shape[0]), device=device),
         "tokens": sum(batch["attention_mask"].sum() for batch in batches).to(torch.float32),
         "label_tokens": torch.tensor(float(label_tokens), device=device),

@@ -76,11 +76,14 @@ def run(cfg) -> int:
     except CoinError as e:
         _print_once(f"coin train: error: {e}")
         code = EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+        trainer.write_failed(e, code)
+    except KeyboardInterrupt as e:
         code = 130
-    except BaseException:  # noqa: BLE001 - every failure must still leave through dist.shutdown
+        trainer.write_failed(e, code)
+    except BaseException as e:  # noqa: BLE001 - every failure must still leave through dist.shutdown
         print(f"coin train: rank {dist.rank()} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         code = EXIT_CRASH
+        trainer.write_failed(e, code)
     finally:
         trainer.cleanup()
     dist.shutdown(code)  # barrier (on success), destroy the process group, os._exit(code)

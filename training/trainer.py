@@ -37,6 +37,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 
@@ -56,7 +57,7 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 # The step's metrics, in the order they travel in the per-micro-step all-reduce.
 STEP_METRICS = ("loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size",
-                "tokens", "label_tokens")
+                "cons_loss", "gen_grad_norm", "ctr_grad_norm", "tokens", "label_tokens")
 SUMMED = ("tokens", "label_tokens")  # world totals; every other metric is the mean over ranks
 
 
@@ -107,6 +108,8 @@ class Trainer:
         self.last_saved_step = -1
         self.last_eval: dict | None = None
         self.last_record: dict | None = None
+        self.total_steps: int | None = None  # known once the data is read
+        self.is_main = False  # known once the process group is up
 
     # ================================================================== setup
 
@@ -121,7 +124,7 @@ class Trainer:
 
         cfg = self.cfg
         self.preemption = Preemption()  # first: a signal while the model loads must not kill the job
-        dist.init()
+        dist.init(cfg.deepspeed.collective_timeout_s)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         seed_everything(cfg.optim.seed)
@@ -132,6 +135,7 @@ class Trainer:
             resolve_model_path(cfg.model)
 
         dist.main_first(prepare)
+        self._write_status("running", None)  # a rerun in an old output dir no longer says "completed"
 
         # data first: a bad data file fails in seconds, before any model loads
         self.tokenizer = load_tokenizer(cfg.model)
@@ -144,14 +148,23 @@ class Trainer:
             )
         self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
 
+        # the checkpoint to resume from, verified and checked against this run before any model loads
+        self.ckpt_root = ckpt.checkpoints_dir(self.out_dir)
+        self.data_fingerprints = {"train": ckpt.fingerprint(cfg.data.train)}
+        if cfg.data.eval:
+            self.data_fingerprints["eval"] = ckpt.fingerprint(cfg.data.eval)
+        self.resume_skipped: list[dict] = []
+        resume = ckpt.find_resume(self.out_dir, cfg.output.resume, verify=self._verify, on_skip=self._skipped)
+        if resume is not None:
+            ckpt.check_trainable(*resume, self.cfg.model.lora)  # before DeepSpeed reads mismatched tensors
+            ckpt.check_compatible(*resume, self._run_identity())
+
         model_path = resolve_model_path(cfg.model)
         hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
         self.ds_config = deepspeed_config(cfg, self.world, hf_config.hidden_size)
         model = CoinModel(load_model(cfg.model, self.ds_config))
         self.engine = Engine(model, self.ds_config, cfg.optim, self.total_steps)
 
-        self.ckpt_root = ckpt.checkpoints_dir(self.out_dir)
-        resume = ckpt.find_resume(self.out_dir, cfg.output.resume)
         if resume is not None:
             self._resume(*resume)
         else:
@@ -175,11 +188,37 @@ class Trainer:
                 f"x {self.world} examples, {steps_per_epoch} steps per epoch, output {self.out_dir}"
                 + (f", resumed at step {self.step}" if resume else "")
             )
+            for skipped in self.resume_skipped:
+                self.monitor.event("resume_skipped", f"skipped checkpoint {skipped['tag']}: {skipped['problem']}",
+                                   step=self.step, **skipped)
             if resume:
                 self.monitor.event("resume", f"resumed from {resume[0]}/{resume[1]}", step=self.step, tag=resume[1])
 
+    def _verify(self, root: str, tag: str) -> str | None:
+        """Collective. ckpt.verify over the ranks (each checks its share of the files): the first
+        problem any rank found, the same answer on every rank."""
+        mine = ckpt.verify(root, tag, self.rank, self.world)
+        if self.world == 1:
+            return mine
+        everyone = [None] * self.world
+        torch_dist.all_gather_object(everyone, mine)
+        return ckpt.first_problem(everyone)
+
+    def _skipped(self, tag: str, problem: str) -> None:
+        """`output.resume: auto` passed over a checkpoint that does not verify: say so now (stderr)
+        and in metrics.jsonl once the monitor exists."""
+        from coin.errors import warn
+
+        warn("coin train", f"skipping checkpoint {tag}: {problem}")
+        self.resume_skipped.append({"tag": tag, "problem": problem})
+
+    def _run_identity(self) -> dict:
+        """What a checkpoint records of the run that wrote it, and a resume must match."""
+        o = self.cfg.optim
+        return {"world_size": self.world, "micro_batch_size": o.micro_batch_size,
+                "gradient_accumulation_steps": o.gradient_accumulation_steps, "data": self.data_fingerprints}
+
     def _resume(self, root: str, tag: str) -> None:
-        ckpt.check_trainable(root, tag, self.cfg.model.lora)  # before DeepSpeed reads mismatched tensors
         state = self.engine.load_checkpoint(root, tag).get("coin")
         if state is None:
             raise ckpt.CheckpointError(f"checkpoint {root}/{tag}: no coin training state (not written by coin train)")
@@ -261,7 +300,7 @@ class Trainer:
         engine = self.engine
         batch = self.train_data.next_batch()
         self.consumed_samples += len(batch["ids"]) * self.world
-        out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool)
+        out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool, step=self.step)
         nonfinite, stop, metrics = self._agree(out)
         if nonfinite:
             self._report_nonfinite(batch, out)
@@ -282,7 +321,7 @@ class Trainer:
         batches = [self.train_data.next_batch() for _ in range(engine.gradient_accumulation_steps)]
         self.consumed_samples += sum(len(b["ids"]) for b in batches) * self.world
         pooled = step_pool.embed_step(engine.model, [_to_device(b, engine.device) for b in batches],
-                                      self.cfg.coin, self.pool)
+                                      self.cfg.coin, self.pool, step=self.step)
         nonfinite, stop, metrics = self._agree(pooled.out)
         if nonfinite:
             self._report_nonfinite({"ids": pooled.nonfinite_ids()}, pooled.out, skipped="step")
@@ -356,7 +395,7 @@ class Trainer:
         engine.eval()
         sums = torch.zeros(len(STEP_METRICS) + 1, dtype=torch.float64, device=engine.device)
         for batch in self.eval_data.batches():
-            out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool)
+            out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool, step=self.step)
             sums[:-1] += _metrics_vector(out, engine.device)
             sums[-1] += len(batch["ids"])
         if self.world > 1:
@@ -385,27 +424,61 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Collective. Writes checkpoints/step_N, then (rank 0) marks it complete and moves `latest`."""
+        """Collective. Writes checkpoints/step_N, hashes its files (each rank a share), then (rank 0)
+        writes the completion marker with the manifest and moves `latest`.
+
+        A save that fails on a rank (a full disk, an I/O error) removes the partial directory and
+        leaves `latest` as it was; a full disk is a CheckpointDiskFullError (one line, status 2),
+        other I/O errors a CheckpointError. The other ranks are ended by the launcher."""
         root, tag = self.ckpt_root, ckpt.tag_for(self.step)
         t0 = time.perf_counter()
+        try:
+            if self.is_main:
+                ckpt.prepare_tag(root, tag)
+            dist.barrier()
+            self.engine.save_checkpoint(root, tag, {"coin": self.client_state()})
+            ckpt.save_rng(root, tag, self.rank)
+            if self.is_main:
+                ckpt.write_atomic(os.path.join(root, tag, ckpt.RUN_CONFIG), dump_yaml(self.cfg))
+                self.save_hf_config(os.path.join(root, tag, ckpt.HF_CONFIG))
+            dist.barrier()  # every rank's files are on disk: only now may they be hashed and `latest` move
+            t_hash = time.perf_counter()
+            files = self._manifest(root, tag)
+            t_hash = time.perf_counter() - t_hash
+            if self.is_main:
+                ckpt.commit(root, tag, ckpt.completion_info(
+                    self.step, epoch=self.train_data.epoch, consumed_samples=self.consumed_samples,
+                    **self._run_identity()), files=files)
+        except (OSError, RuntimeError) as e:
+            error = ckpt.save_error(e, root, tag, self.engine.checkpoint_bytes_estimate())
+            if error is None:  # not an I/O error: a bug, or a crash; nothing to tidy
+                raise
+            ckpt.remove_partial(root, tag)
+            raise error from None
         if self.is_main:
-            ckpt.prepare_tag(root, tag)
-        dist.barrier()
-        self.engine.save_checkpoint(root, tag, {"coin": self.client_state()})
-        ckpt.save_rng(root, tag, self.rank)
-        if self.is_main:
-            ckpt.write_atomic(os.path.join(root, tag, ckpt.RUN_CONFIG), dump_yaml(self.cfg))
-            self.save_hf_config(os.path.join(root, tag, ckpt.HF_CONFIG))
-        dist.barrier()  # every rank's files are on disk: only now may `latest` move
-        if self.is_main:
-            ckpt.commit(root, tag, ckpt.completion_info(
-                self.step, epoch=self.train_data.epoch, consumed_samples=self.consumed_samples,
-                world_size=self.world))
             removed = ckpt.prune(root, self.cfg.output.keep_last)
-            self.monitor.event("checkpoint", f"checkpoint {tag} saved in {time.perf_counter() - t0:.1f} s"
-                               + (f" (removed {', '.join(removed)})" if removed else ""), step=self.step, tag=tag)
+            self.monitor.event("checkpoint", f"checkpoint {tag} saved in {time.perf_counter() - t0:.1f} s "
+                               f"(hashing {t_hash:.2f} s)"
+                               + (f" (removed {', '.join(removed)})" if removed else ""), step=self.step, tag=tag,
+                               seconds=time.perf_counter() - t0, hash_seconds=t_hash)
         dist.barrier()
         self.last_saved_step = self.step
+
+    def _manifest(self, root: str, tag: str) -> dict:
+        """Collective. size + hash of every file of root/tag: rank 0 lists them, each rank hashes
+        its share (ckpt.share), rank 0 gets the merged manifest (the others an empty dict)."""
+        tag_dir = os.path.join(root, tag)
+        listing = [None]
+        if self.is_main:
+            listing = [{rel: os.path.getsize(os.path.join(tag_dir, rel)) for rel in ckpt.tag_files(tag_dir)}]
+        if self.world > 1:
+            torch_dist.broadcast_object_list(listing, src=0)
+        mine = ckpt.hash_files(tag_dir, ckpt.share(listing[0], self.rank, self.world))
+        if self.world == 1:
+            return mine
+        parts = [None] * self.world if self.is_main else None
+        torch_dist.gather_object(mine, parts, dst=0)
+        return {rel: entry for part in parts for rel, entry in part.items()} if self.is_main else {}
 
     def save_hf_config(self, path: str) -> None:
         """Rank 0: model config, generation config and tokenizer (what an export needs besides weights)."""
@@ -419,13 +492,28 @@ class Trainer:
         gen.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
-    def _write_status(self, status: str, exit_code: int) -> None:
-        """Rank 0: <output.dir>/run_status.json, read by `coin train --nproc` to recover the exit code."""
+    def _write_status(self, status: str, exit_code: int | None, error: str | None = None) -> None:
+        """Rank 0: <output.dir>/run_status.json, read by `coin train --nproc` to recover the exit code
+        ("running" with exit_code null from setup on; "failed" carries the error's one-line message)."""
         if not self.is_main:
             return
         info = {"status": status, "exit_code": exit_code, "step": self.step, "total_steps": self.total_steps,
                 "launch_id": os.environ.get("COIN_LAUNCH_ID"), "time": time.time()}
+        if error is not None:
+            info["error"] = error
         ckpt.write_atomic(os.path.join(self.out_dir, "run_status.json"), json.dumps(info, indent=1) + "\n")
+
+    def write_failed(self, error: BaseException, exit_code: int) -> None:
+        """Rank 0, after `error` ended the run: run_status.json says "failed" with the error's first line."""
+        if not self.is_main or not os.path.isdir(self.out_dir):
+            return
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if not isinstance(error, CoinError):
+            message = f"{type(error).__name__}: {message}"
+        try:
+            self._write_status("failed", exit_code, error=message)
+        except (OSError, CoinError) as e:  # e.g. the disk that is full: the exit code still says it
+            print(f"coin train: could not write run_status.json: {e}", file=sys.stderr, flush=True)
 
     def _write_final_metrics(self, status: str) -> None:
         """Rank 0: <output.dir>/final_metrics.json, the last train record and the last evaluation."""

@@ -131,6 +131,22 @@ def test_truncation_cuts_the_user_content_only(tokenizers, style):
     assert kept and kept == full[len(head):len(head) + len(kept)]  # the start of the user's content
 
 
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_a_system_turn_longer_than_max_length_never_exceeds_it(tokenizers, style):
+    """The template's own tokens around the user's content exceed max_length: the sequence is cut
+    to max_length (flagged overlong, so the token cache leaves the record out), never longer."""
+    from coin.data_tools.prompt import encode_truncated
+
+    tok = tokenizers[style]
+    fmt = PromptFormat(chat=True, system_prompt="Answer in one word. " * 20)
+    for answer in ("", ANSWER, "very " * 30 + ANSWER):
+        ids, prompt_len, cut = encode_truncated(tok, fmt, USER, answer, 32)
+        assert len(ids) == 32 and prompt_len == 32 and cut.overlong
+        prompt_text, _ = STYLES[style][1](USER, None, fmt.system_prompt)
+        before_user = prompt_text.split(USER.strip())[0]
+        assert ids == _ids(tok, before_user)[:32]  # the start of the system turn
+
+
 def test_a_tokenizer_without_chat_template_is_a_clear_error(tiny_model_dir):
     from coin.training.config import ModelConfig
     from coin.training.model import load_tokenizer

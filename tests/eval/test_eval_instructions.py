@@ -126,3 +126,12 @@ def test_promptbench_task_pool_as_clean_instructions(shared_data, capsys):
     assert iset.attacks("sst2") == ["clean", "checklist"] and len(iset.for_task("mnli_matched")) == 4
     warning = capsys.readouterr().err
     assert warning.count("warning:") == 1 and "valid_parentheses" in warning and "sst2" not in warning
+
+
+@pytest.mark.parametrize("attacks", [[], ["clean"]])
+def test_generated_clean_only_keeps_the_clean_instructions(tmp_path, attacks):
+    """`--attacks clean` with `generated:FILE`: the file's clean instructions, and nothing else."""
+    path = tmp_path / "clean.json"
+    path.write_text(json.dumps({"sst2": _texts("sst2", "clean")[:3]}))
+    iset = resolve_instructions(f"generated:{path}", _specs(("sst2",)), attacks=attacks, n_instructions=0)
+    assert _table(iset) == [("sst2", "clean", i, t) for i, t in enumerate(_texts("sst2", "clean")[:3])]

@@ -48,21 +48,40 @@ def _pool(hidden, prompt_len: int, method: str):
     return hidden.mean(dim=0)
 
 
-def reference_terms(lm, rows: list[dict], pooling: str, gen_loss: str):
-    """(L_gen, o [B, d], p [B, d]) for one rank's rows."""
+def _js(logits_p, logits_q):
+    """Jensen-Shannon divergence (nats) of softmax(logits_p) and softmax(logits_q), from its definition."""
+    p, q = logits_p.float().softmax(-1), logits_q.float().softmax(-1)
+    m = (p + q) / 2
+    return 0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum()
+
+
+def reference_terms(lm, rows: list[dict], pooling: str, objective: str = "coin", with_hidden: bool = False):
+    """(L_gen, o [B, d], p [B, d], L_cons) for one rank's rows; with `with_hidden`, also the list of
+    each sequence's final hidden states (originals, then paraphrases), the leaves of the losses."""
     sums = [torch.zeros(()), torch.zeros(())]
     counts = [0, 0]
-    o, p = [], []
+    o, p, states = [], [], [[], []]
+    js, positions = torch.zeros(()), 0
     for row in rows:
+        response_logits = []
         for view, (ids, plen) in enumerate(((row["input_ids"], row["prompt_len"]), (row["para_input_ids"], row["para_prompt_len"]))):
             logits, hidden = _sequence(lm, ids)
+            if with_hidden:  # cut the graph at h: the losses become functions of these leaves
+                hidden = hidden.detach().requires_grad_()
+                logits = lm.lm_head(hidden)
+                states[view].append(hidden)
             for t in range(plen - 1, len(ids) - 1):  # logits at t predict token t + 1 (a response token)
                 sums[view] = sums[view] + F.cross_entropy(logits[t].float()[None], torch.tensor([ids[t + 1]]))
                 counts[view] += 1
+            response_logits.append(logits[plen - 1:len(ids) - 1])
             (o if view == 0 else p).append(_pool(hidden, plen, pooling))
+        for k in range(min(len(response_logits[0]), len(response_logits[1]))):  # k-th response token of both views
+            js = js + _js(response_logits[0][k], response_logits[1][k])
+            positions += 1
     means = [s / max(c, 1) for s, c in zip(sums, counts)]
-    gen = means[0] + means[1] if gen_loss == "both" else means[0]
-    return gen, torch.stack(o), torch.stack(p)
+    gen = means[0] if objective == "sft" else means[0] + means[1]
+    out = (gen, torch.stack(o), torch.stack(p), js / max(positions, 1))
+    return out + (states[0] + states[1],) if with_hidden else out
 
 
 def info_nce(o, p, tau: float):
@@ -71,24 +90,64 @@ def info_nce(o, p, tau: float):
     return (F.cross_entropy(s, target) + F.cross_entropy(s.T, target)) / 2
 
 
-def weight(gen, ctr, cfg):
+def ramp(cfg, step: int) -> float:
+    return 1.0 if not cfg.weight_warmup_steps else min(1.0, step / cfg.weight_warmup_steps)
+
+
+def weight(gen, ctr, cfg, step: int = 0, norms=None):
     if cfg.weighting == "constant":
-        return torch.tensor(cfg.weight)
-    return torch.clamp(gen.detach() / ctr.detach(), max=cfg.max_weight)
+        w = torch.tensor(cfg.weight)
+    elif cfg.weighting == "gradnorm":
+        w = torch.clamp(cfg.grad_ratio * norms[0] / norms[1], max=cfg.max_weight)
+    else:
+        w = torch.clamp(gen.detach() / ctr.detach(), max=cfg.max_weight)
+    return w * ramp(cfg, step)
 
 
-def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool | int = True, detach_others: bool = False):
+def _norm(grads):
+    return torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+
+
+def reference_grad_norms(lm, rank_rows: list[list[dict]], cfg, gather: bool = True):
+    """(|dL_gen/dh|, |dL_reg/dh|) of the one-process global loss at every sequence's hidden states:
+    L_gen = mean_r L_gen_r, L_reg = the global-pool InfoNCE (coin) or mean_r L_cons_r (consistency)."""
+    with torch.enable_grad():
+        return _grad_norms(lm, rank_rows, cfg, gather)
+
+
+def _grad_norms(lm, rank_rows, cfg, gather):
+    terms = [reference_terms(lm, rows, cfg.pooling, cfg.objective, with_hidden=True) for rows in rank_rows]
+    leaves = [h for t in terms for h in t[4]]
+    gen = torch.stack([t[0] for t in terms]).mean()
+    if cfg.objective == "consistency":
+        reg = torch.stack([t[3] for t in terms]).mean()
+    elif gather:
+        reg = info_nce(torch.cat([t[1] for t in terms]), torch.cat([t[2] for t in terms]), cfg.temperature)
+    else:
+        reg = torch.stack([info_nce(t[1], t[2], cfg.temperature) for t in terms]).mean()
+    g_gen = torch.autograd.grad(gen, leaves, retain_graph=True, allow_unused=True)
+    g_reg = torch.autograd.grad(reg, leaves, allow_unused=True)
+    return _norm(g_gen).detach(), _norm(g_reg).detach()
+
+
+def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool | int = True, detach_others: bool = False,
+                   step: int = 0):
     """The single-process CoIN loss of a global batch split into ranks' micro-batches.
 
     gather=True: one pool of every rank's pairs; False: each rank's pool is its own micro-batch;
     an int k: pools of k consecutive ranks.
-    L = mean_r L_gen_r + w * L_ctr, w from the (mean) detached losses. `detach_others` builds the
-    WRONG variant (pooled embeddings of other ranks carry no gradient) to show the test can fail.
+    L = mean_r L_gen_r + w * L_ctr, w from the (mean) detached losses or the hidden-state gradient
+    norms (gradnorm), times the warm-up ramp at `step`; objective consistency: mean_r L_gen_r +
+    w * mean_r L_cons_r; cit and sft: mean_r L_gen_r. `detach_others` builds the WRONG variant
+    (pooled embeddings of other ranks carry no gradient) to show the test can fail.
     """
-    gens, os_, ps = zip(*(reference_terms(lm, rows, cfg.pooling, cfg.gen_loss) for rows in rank_rows))
+    gens, os_, ps, cons = zip(*(reference_terms(lm, rows, cfg.pooling, cfg.objective) for rows in rank_rows))
     gen = torch.stack(gens).mean()
-    if not cfg.contrastive:
+    if cfg.objective in ("cit", "sft"):
         return gen
+    if cfg.objective == "consistency":
+        return gen + cfg.consistency_weight * ramp(cfg, step) * torch.stack(cons).mean()
+    norms = reference_grad_norms(lm, rank_rows, cfg, gather is not False) if cfg.weighting == "gradnorm" else None
     if gather is True:
         b = os_[0].shape[0]
         o, p = torch.cat(os_), torch.cat(ps)
@@ -111,10 +170,10 @@ def reference_loss(lm, rank_rows: list[list[dict]], cfg, gather: bool | int = Tr
         pools = [range(start, start + k) for start in range(0, len(rank_rows), k)]
         ctr = torch.stack([info_nce(torch.cat([os_[r] for r in pool]), torch.cat([ps[r] for r in pool]), cfg.temperature)
                            for pool in pools]).mean()
-    return gen + weight(gen, ctr, cfg) * ctr
+    return gen + weight(gen, ctr, cfg, step, norms) * ctr
 
 
-def reference_step_loss(lm, step_rows: list[list[list[dict]]], cfg, pool_ranks: int | None = None):
+def reference_step_loss(lm, step_rows: list[list[list[dict]]], cfg, pool_ranks: int | None = None, step: int = 0):
     """The single-process loss of one optimiser step of `coin.pool: step` on its global batch.
 
     step_rows[r][a]: the rows of rank r's micro-batch a. A pool holds every micro-batch of the step
@@ -124,4 +183,4 @@ def reference_step_loss(lm, step_rows: list[list[list[dict]]], cfg, pool_ranks: 
     """
     k = pool_ranks or len(step_rows)
     micro = [rows for rank in step_rows for rows in rank]
-    return reference_loss(lm, micro, cfg, gather=k * len(step_rows[0]))
+    return reference_loss(lm, micro, cfg, gather=k * len(step_rows[0]), step=step)

@@ -11,7 +11,9 @@ def _save(root, step, complete=True):
     tag = ckpt.tag_for(step)
     ckpt.prepare_tag(str(root), tag)
     os.makedirs(root / tag, exist_ok=True)
-    (root / tag / "weights.pt").write_text("w")
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, root / tag / "weights.pt")  # a real torch file: verify scans it
     if complete:
         ckpt.commit(str(root), tag, ckpt.completion_info(step))
     return tag

@@ -17,7 +17,7 @@ def gpu_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
     monkeypatch.setattr(deepspeed, "init_distributed",
-                        lambda dist_backend=None, verbose=True: calls.append(("init_distributed", dist_backend)))
+                        lambda dist_backend=None, verbose=True, timeout=None: calls.append(("init_distributed", dist_backend)))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     for name, value in (("RANK", "3"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "127.0.0.1"),
                         ("MASTER_PORT", "29800")):

@@ -15,7 +15,7 @@ from distributed import run_distributed
 from coin_reference import make_rows, reference_loss
 
 WORLD, B = 2, 2
-CFG = CoinConfig(pooling="last", weighting="adaptive", gen_loss="both", gather=True)
+CFG = CoinConfig(pooling="last", weighting="adaptive", gather=True)
 LORA = LoraConfig(r=4, alpha=8.0, dropout=0.0)
 CHUNKS = CFG.lm_loss_chunks
 DS_FILES = {3: "ds_configs/cpu_zero3.json", 2: "ds_configs/cpu_zero2.json"}

@@ -138,6 +138,14 @@ def test_export_merged_of_a_full_parameter_checkpoint_is_refused(lora_run, tmp_p
     run = yaml.safe_load((tag / "run_config.yaml").read_text())
     run["model"]["lora"] = None
     (tag / "run_config.yaml").write_text(yaml.safe_dump(run))
+    import json
+
+    from coin.training import checkpoint as ckpt
+
+    marker = tag / ckpt.COMPLETE  # a consistent checkpoint of a full-parameter run: its manifest agrees
+    info = json.loads(marker.read_text())
+    info["files"]["run_config.yaml"] = ckpt.hash_file(str(tag / "run_config.yaml"))
+    marker.write_text(json.dumps(info))
     assert coin_main(["export", "--merged", str(tag), str(tmp_path / "out")]) == 2
     assert "holds full parameters (no model.lora)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -48,3 +48,53 @@ def test_other_ranks_write_nothing(tmp_path):
     m.event("checkpoint", "x", step=1)
     m.close()
     assert not (tmp_path / "r1").exists()
+
+
+def test_full_disk_on_resume_truncation_leaves_the_metrics_file_and_no_temp(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from coin.data_tools import atomic
+    from coin.errors import CoinError
+
+    m = _monitor(tmp_path)
+    for step in (1, 2, 3):
+        m.log_step(_record(step))
+    m.close()
+    before = (tmp_path / "metrics.jsonl").read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(CoinError) as info:
+        _monitor(tmp_path, start_step=2)
+    monkeypatch.undo()
+    msg = str(info.value)
+    assert msg.startswith(f"metrics {tmp_path / 'metrics.jsonl'}: no space left on {tmp_path}") and "\n" not in msg
+    assert type(info.value).__name__ == "DiskFullError"
+    assert (tmp_path / "metrics.jsonl").read_text() == before  # the old file is intact
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]  # no temp file, no 0-byte .tmp
+
+
+def test_full_disk_on_append_is_one_line_naming_the_file(tmp_path):
+    import errno
+
+    from coin.data_tools.atomic import DiskFullError
+
+    m = _monitor(tmp_path)
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    m._file.close()
+    m._file = Full()
+    with pytest.raises(DiskFullError) as info:
+        m.log_step(_record(1))
+    msg = str(info.value)
+    assert msg.startswith(f"metrics {tmp_path / 'metrics.jsonl'}: no space left on {tmp_path} (") and "\n" not in msg
+    m.close()

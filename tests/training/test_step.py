@@ -6,7 +6,7 @@ import torch
 
 from coin.training.batch import collate
 from coin.training.config import CoinConfig, ModelConfig
-from coin.training.losses import token_losses
+from coin.training.losses import consistency_losses, token_losses
 from coin.training.model import CoinModel, load_model, load_tokenizer
 from coin.training.step import coin_step
 
@@ -23,15 +23,131 @@ def setup(tiny_model_dir):
 
 
 @pytest.mark.parametrize("pooling", ["last", "prompt_last", "mean"])
-@pytest.mark.parametrize("weighting", ["adaptive", "constant"])
-@pytest.mark.parametrize("gen_loss", ["both", "original"])
-def test_loss_equals_reference(setup, pooling, weighting, gen_loss):
+@pytest.mark.parametrize("weighting", ["adaptive", "constant", "gradnorm"])
+def test_loss_equals_reference(setup, pooling, weighting):
     tok, lm, rows = setup
-    cfg = CoinConfig(pooling=pooling, weighting=weighting, gen_loss=gen_loss, weight=0.7, temperature=0.05)
+    cfg = CoinConfig(pooling=pooling, weighting=weighting, weight=0.7, temperature=0.05)
     with torch.no_grad():
         got = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg).loss
         want = reference_loss(lm, [rows], cfg)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (float(got), float(want))
+
+
+@pytest.mark.parametrize("objective", ["cit", "sft", "consistency"])
+def test_objectives_equal_reference(setup, objective):
+    """Each objective's loss against coin_reference's per-sequence full-vocabulary computation
+    (sft: originals only; cit: both views; consistency: both views + 0.3 x the JS of the views'
+    k-th response-token distributions, from its definition)."""
+    tok, lm, rows = setup
+    cfg = CoinConfig(objective=objective, consistency_weight=0.3)
+    with torch.no_grad():
+        out = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg)
+        want = reference_loss(lm, [rows], cfg)
+        both = reference_loss(lm, [rows], CoinConfig(objective="cit"))
+    assert torch.allclose(out.loss, want, rtol=1e-5, atol=1e-6), (float(out.loss), float(want))
+    if objective == "consistency":
+        cons = float(out.metrics["cons_loss"])
+        assert 0 < cons < 0.6932 and float(out.metrics["ctr_weight"]) == pytest.approx(0.3)
+        assert float(out.loss) == pytest.approx(float(both) + 0.3 * cons, rel=1e-5)
+        assert float(out.metrics["gen_grad_norm"]) > 0 and float(out.metrics["ctr_grad_norm"]) > 0
+    else:
+        assert float(out.metrics["ctr_weight"]) == 0.0 and float(out.metrics["cons_loss"]) == 0.0
+        assert (float(out.loss) == pytest.approx(float(both))) is (objective == "cit")
+
+
+def _assert_gradients_match(tok, lm, rows, cfg):
+    """Parameter gradients of coin_step equal those of the plain reference (relative error < 1e-4)."""
+    lm.zero_grad()
+    coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg).loss.backward()
+    got = {n: p.grad.clone() for n, p in lm.named_parameters()}
+    lm.zero_grad()
+    reference_loss(lm, [rows], cfg).backward()
+    for n, p in lm.named_parameters():
+        rel = float((got[n] - p.grad).norm() / p.grad.norm())
+        assert rel < 1e-4, (n, rel)
+    lm.zero_grad()
+
+
+@pytest.mark.parametrize("objective", ["coin", "consistency"])
+def test_gradients_of_objectives_equal_reference(setup, objective):
+    tok, lm, rows = setup
+    cfg = CoinConfig(objective=objective, weighting="gradnorm", grad_ratio=0.8)
+    _assert_gradients_match(tok, lm, rows, cfg)
+
+
+@pytest.mark.parametrize("objective", ["coin", "consistency"])
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_hidden_state_grad_norms_and_gradnorm_weight(setup, objective, pooling):
+    """gen_grad_norm / ctr_grad_norm are |dL/dh| of each term over every sequence's final hidden
+    states, computed here by autograd on per-sequence leaves; gradnorm's w = grad_ratio * their ratio."""
+    from coin_reference import reference_grad_norms
+
+    tok, lm, rows = setup
+    cfg = CoinConfig(objective=objective, pooling=pooling, weighting="gradnorm", grad_ratio=0.8)
+    out = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg)
+    g_gen, g_reg = reference_grad_norms(lm, [rows], cfg)
+    assert float(out.metrics["gen_grad_norm"]) == pytest.approx(float(g_gen), rel=1e-4)
+    assert float(out.metrics["ctr_grad_norm"]) == pytest.approx(float(g_reg), rel=1e-4)
+    if objective == "coin":
+        assert float(out.metrics["ctr_weight"]) == pytest.approx(0.8 * float(g_gen) / float(g_reg), rel=1e-4)
+    lm.zero_grad()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_consistency_aligns_response_positions(frozen):
+    """Pair i's k-th label position of the original meets the k-th of the paraphrase; a view with
+    fewer label tokens (a truncated response) bounds the pair; gradients reach both views."""
+    torch.manual_seed(0)
+    b, t, d, v = 2, 12, 8, 50
+    hidden = torch.randn(2 * b, t, d, requires_grad=True)
+    head = torch.nn.Linear(d, v, bias=False).requires_grad_(not frozen)
+    labels = torch.full((2 * b, t), -100)
+    labels[0, 5:9] = 1   # original 0: 4 label tokens at 5..8 (predicted from 4..7)
+    labels[2, 7:12] = 1  # paraphrase 0: 5 label tokens at 7..11 -> 4 aligned pairs
+    labels[1, 9:12] = 1  # original 1: 3
+    labels[3, 10:12] = 1  # paraphrase 1: 2 -> 2 aligned pairs
+    js = consistency_losses(hidden, labels, head, chunks=3)
+    pairs = [(0, 4 + k, 2, 6 + k) for k in range(4)] + [(1, 8 + k, 3, 9 + k) for k in range(2)]
+
+    def jsd(x, y):
+        p, q = head(x).softmax(-1), head(y).softmax(-1)
+        m = (p + q) / 2
+        return 0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum()
+
+    want = torch.stack([jsd(hidden[r, i], hidden[s, j]) for r, i, s, j in pairs])
+    torch.testing.assert_close(js, want, rtol=1e-5, atol=1e-6)
+    (g_got,) = torch.autograd.grad(js.sum(), hidden)
+    (g_want,) = torch.autograd.grad(want.sum(), hidden)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)
+    assert g_got[2].abs().sum() > 0 and g_got[0].abs().sum() > 0
+
+
+def test_gradnorm_weight_is_capped(setup):
+    tok, lm, rows = setup
+    with torch.no_grad():
+        out = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id),
+                        CoinConfig(weighting="gradnorm", grad_ratio=1e6, max_weight=3.0))
+    assert float(out.metrics["ctr_weight"]) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("objective, weighting", [("coin", "adaptive"), ("coin", "gradnorm"), ("coin", "constant"),
+                                                  ("consistency", "adaptive")])
+def test_weight_warmup_ramps_linearly(setup, objective, weighting):
+    """w(step) = min(1, step / N) x w: 0 at the first step, a quarter at step N/4, full from N on."""
+    tok, lm, rows = setup
+    batch = collate(rows, tok.pad_token_id)
+    base = CoinConfig(objective=objective, weighting=weighting, weight=0.7, consistency_weight=0.4)
+    ramped = dataclasses.replace(base, weight_warmup_steps=8)
+    with torch.no_grad():
+        full = float(coin_step(CoinModel(lm), batch, base).metrics["ctr_weight"])
+        got = [float(coin_step(CoinModel(lm), batch, ramped, step=s).metrics["ctr_weight"]) for s in (0, 2, 8, 20)]
+        loss0 = coin_step(CoinModel(lm), batch, ramped, step=0).loss
+        loss2 = coin_step(CoinModel(lm), batch, ramped, step=2).loss
+        want2 = reference_loss(lm, [rows], ramped, step=2)
+    assert full > 0
+    assert got == pytest.approx([0.0, full / 4, full, full], rel=1e-5)
+    assert float(loss0) == pytest.approx(float(reference_loss(lm, [rows], CoinConfig(objective="cit"))), rel=1e-5)
+    assert torch.allclose(loss2, want2, rtol=1e-5)
 
 
 def test_weight_cap_binds(setup):
@@ -44,18 +160,10 @@ def test_weight_cap_binds(setup):
     assert torch.allclose(out.loss, want, rtol=1e-5)
 
 
-def test_gradients_equal_reference(setup):
+def test_gradients_equal_reference_adaptive(setup):
     tok, lm, rows = setup
     cfg = CoinConfig()
-    lm.zero_grad()
-    coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg).loss.backward()
-    got = {n: p.grad.clone() for n, p in lm.named_parameters()}
-    lm.zero_grad()
-    reference_loss(lm, [rows], cfg).backward()
-    for n, p in lm.named_parameters():
-        rel = float((got[n] - p.grad).norm() / p.grad.norm())
-        assert rel < 1e-4, (n, rel)
-    lm.zero_grad()
+    _assert_gradients_match(tok, lm, rows, cfg)
 
 
 @pytest.mark.parametrize("pooling", ["last", "prompt_last", "mean"])
@@ -73,16 +181,17 @@ def test_metrics(setup):
     batch = collate(rows, tok.pad_token_id)
     with torch.no_grad():
         m = coin_step(CoinModel(lm), batch, CoinConfig()).metrics
-    assert set(m) == {"loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size", "tokens", "label_tokens"}
+    assert set(m) == {"loss", "gen_loss", "ctr_loss", "ctr_weight", "ctr_acc", "pos_cos", "neg_cos", "pool_size",
+                      "cons_loss", "gen_grad_norm", "ctr_grad_norm", "tokens", "label_tokens"}
     assert float(m["pool_size"]) == len(rows)
     assert float(m["tokens"]) == float(batch["attention_mask"].sum())
     assert float(m["label_tokens"]) == float((batch["labels"] != -100).sum())
     assert 0 <= float(m["ctr_acc"]) <= 1 and -1 <= float(m["neg_cos"]) <= 1 and -1 <= float(m["pos_cos"]) <= 1
 
 
-def test_sft_has_no_contrastive_term(setup):
+def test_cit_has_no_contrastive_term(setup):
     tok, lm, rows = setup
-    cfg = CoinConfig(contrastive=False)
+    cfg = CoinConfig(objective="cit")
     with torch.no_grad():
         out = coin_step(CoinModel(lm), collate(rows, tok.pad_token_id), cfg)
         want = reference_loss(lm, [rows], cfg)

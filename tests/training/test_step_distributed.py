@@ -13,8 +13,8 @@ WORLD = 2
 B = 3  # examples per rank
 REPO_DS = "ds_configs/cpu_zero3.json"
 
-GATHER_CFG = CoinConfig(pooling="last", weighting="adaptive", gen_loss="both", gather=True)
-LOCAL_CFG = CoinConfig(pooling="mean", weighting="constant", weight=0.7, gen_loss="original", gather=False)
+GATHER_CFG = CoinConfig(pooling="last", weighting="adaptive", gather=True)
+LOCAL_CFG = CoinConfig(pooling="mean", weighting="constant", weight=0.7, gather=False)
 
 
 def _engine(model_dir, lr=3e-3, world=WORLD, micro_batch=B):
@@ -110,7 +110,7 @@ def test_a_wrong_gather_would_fail(distributed_run, tiny_model_dir):
 
     lm = load_model(ModelConfig(name_or_path=tiny_model_dir))
     full = reference_loss(lm, [rows[r * B:(r + 1) * B] for r in range(WORLD)], GATHER_CFG)
-    gen = reference_loss(lm, [rows[r * B:(r + 1) * B] for r in range(WORLD)], CoinConfig(contrastive=False))
+    gen = reference_loss(lm, [rows[r * B:(r + 1) * B] for r in range(WORLD)], CoinConfig(objective="cit"))
     (gen + (full - gen) / WORLD).backward()
     wrong_scale = {n: p.grad for n, p in lm.named_parameters()}
     assert _max_rel_err(res["gather"], wrong_scale) > 1e-2

@@ -1,6 +1,6 @@
 """`coin.pool: step` in one process, plain PyTorch: the two-pass step against an independent
 computation of the whole step's loss with one pool (coin_reference.py), for every pooling, both
-weightings, both generation losses and gradient checkpointing; dropout replayed in pass 2; the
+weightings, a weight warm-up and gradient checkpointing; dropout replayed in pass 2; the
 settings. The 2-rank ZeRO-2/3 checks are in test_step_pool_distributed.py."""
 import types
 
@@ -32,10 +32,10 @@ def _grads(lm):
     return grads
 
 
-def _pooled(lm, tok, micro, cfg):
+def _pooled(lm, tok, micro, cfg, step=0):
     """The pooled step with DeepSpeed's accumulation done by hand (each loss / A); one process."""
     lm.zero_grad()
-    step = embed_step(CoinModel(lm), [collate(rows, tok.pad_token_id) for rows in micro], cfg)
+    step = embed_step(CoinModel(lm), [collate(rows, tok.pad_token_id) for rows in micro], cfg, step=step)
     for loss in step.micro_losses():
         (loss / len(micro)).backward()
     return step, _grads(lm)
@@ -45,14 +45,14 @@ def _max_rel_err(got, want):
     return max(float((got[n] - want[n]).norm() / want[n].norm().clamp(min=1e-12)) for n in want)
 
 
-@pytest.mark.parametrize("pooling, weighting, gen_loss", [
-    ("last", "adaptive", "both"), ("prompt_last", "constant", "original"), ("mean", "adaptive", "original"),
+@pytest.mark.parametrize("pooling, weighting, warmup", [
+    ("last", "adaptive", 0), ("prompt_last", "constant", 0), ("mean", "adaptive", 4),
 ])
-def test_gradients_and_loss_equal_one_pool_reference(setup, pooling, weighting, gen_loss):
+def test_gradients_and_loss_equal_one_pool_reference(setup, pooling, weighting, warmup):
     _, tok, lm, micro = setup
-    cfg = CoinConfig(pooling=pooling, weighting=weighting, gen_loss=gen_loss, weight=0.7, pool="step")
-    step, got = _pooled(lm, tok, micro, cfg)
-    want_loss = reference_step_loss(lm, [micro], cfg)
+    cfg = CoinConfig(pooling=pooling, weighting=weighting, weight=0.7, pool="step", weight_warmup_steps=warmup)
+    step, got = _pooled(lm, tok, micro, cfg, step=1)
+    want_loss = reference_step_loss(lm, [micro], cfg, step=1)
     want_loss.backward()
     assert _max_rel_err(got, _grads(lm)) < 1e-4
     assert float(step.out.loss) == pytest.approx(float(want_loss.detach()), rel=1e-5)
@@ -61,8 +61,7 @@ def test_gradients_and_loss_equal_one_pool_reference(setup, pooling, weighting, 
     batches = [collate(rows, tok.pad_token_id) for rows in micro]
     assert float(m["tokens"]) == sum(float(b["attention_mask"].sum()) for b in batches)
     labelled = [(b["labels"][:, 1:] != -100) for b in batches]
-    if gen_loss == "original":
-        labelled = [x[:B] for x in labelled]
+    assert float(m["ctr_weight"]) > 0
     assert float(m["label_tokens"]) == sum(float(x.sum()) for x in labelled)
 
 
@@ -111,7 +110,9 @@ def test_settings(tmp_path):
     assert cfg.coin.pool == "step" and cfg.data.spread_groups
     for data, match in [
         ({"coin": {"pool": "batch"}}, "coin.pool: expected one of micro, step"),
-        ({"coin": {"pool": "step", "contrastive": False}}, "coin.pool: 'step' pools contrastive negatives"),
+        ({"coin": {"pool": "step", "objective": "cit"}}, "coin.pool: 'step' pools contrastive negatives; it needs "
+                                                           "coin.objective: coin, got 'cit'"),
+        ({"coin": {"pool": "step", "weighting": "gradnorm"}}, "coin.weighting: gradnorm needs coin.pool: micro"),
         ({"data": {"train": "x", "spread_groups": True}}, "data.spread_groups: true .* needs coin.pool: step"),
     ]:
         with pytest.raises(ConfigError, match=match):

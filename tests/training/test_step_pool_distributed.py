@@ -16,8 +16,8 @@ from trainer_helpers import read_records, run_config, train_ranks
 
 WORLD, B = 2, 2
 CPU_DS = "ds_configs/cpu_zero3.json"
-CFG = CoinConfig(pooling="last", weighting="adaptive", gen_loss="both", pool="step")
-CFG4 = CoinConfig(pooling="mean", weighting="constant", weight=0.7, gen_loss="original", pool="step")
+CFG = CoinConfig(pooling="last", weighting="adaptive", pool="step")
+CFG4 = CoinConfig(pooling="mean", weighting="constant", weight=0.7, pool="step")
 CFG_GROUPS = CoinConfig(pooling="prompt_last", gather_group_size=1, pool="step")  # each rank's own pool
 
 

@@ -81,3 +81,30 @@ def test_too_little_data_is_a_clear_error(setup, tmp_path):
     cfg = config_from_dict(run_config(tmp_path, tmp_path / "out", data={"train": small, "eval": None}))
     with pytest.raises(CoinError, match=r"small\.jsonl has 2 examples, fewer than one global micro-batch \(.* = 4\)"):
         build_data(cfg, tok, world_size=2, rank=0)
+
+
+def test_training_refuses_when_long_responses_would_cut_the_instructions(tmp_path):
+    """Every response longer than data.max_length: truncation would cut every instruction away
+    (original and paraphrase the same tokens). `coin train` stops before any model loads: one line
+    naming max_length, the share and the counts per task, status 2."""
+    import subprocess
+    import sys
+
+    from trainer_helpers import REPO, cli_env, contrastive_records, write_config, write_jsonl
+
+    records = contrastive_records(8, "t", seed=0)  # 16 records, 4 of each of 4 tasks
+    for r in records:
+        r["output"] = " ".join(["great"] * 80)  # 80 tokens > max_length 64
+    train = write_jsonl(tmp_path / "long.jsonl", records)
+    cfg = run_config(tmp_path, tmp_path / "out")
+    cfg["data"].update(train=train, eval=None)
+    proc = subprocess.run([sys.executable, "-m", "coin", "train", "--config", write_config(tmp_path / "run.yaml", cfg)],
+                          cwd=str(REPO), env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("coin train: error:")]
+    assert errors == [
+        f"coin train: error: {train}: at data.max_length=64, 16 of 16 records (100.0%, more than "
+        f"data.max_dropped_share=0.05) would keep fewer than data.min_prompt_tokens=8 instruction tokens and are "
+        f"left out (grammar: 4, paraphrase: 4, sentiment: 4, topic: 4); raise data.max_length or shorten the responses"
+    ]
+    assert not (tmp_path / "out" / "hf").exists() and not list((tmp_path / "out").glob("step_*"))

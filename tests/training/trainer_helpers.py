@@ -148,14 +148,14 @@ def train_ranks(rank: int, world: int, cfg_dict: dict, options: dict | None = No
     options = options or {}
     calls = {"n": 0}
 
-    def step_fn(model, batch, ccfg, pool):
+    def step_fn(model, batch, ccfg, pool, step=0):
         if not torch.is_grad_enabled():  # evaluation: not a training micro-step
-            return coin_step(model, batch, ccfg, pool)
+            return coin_step(model, batch, ccfg, pool, step)
         calls["n"] += 1
         n = calls["n"]
         if n in options.get("truncate_calls", ()):
             batch = dict(batch, labels=torch.full_like(batch["labels"], -100))
-        out = coin_step(model, batch, ccfg, pool)
+        out = coin_step(model, batch, ccfg, pool, step)
         if n in options.get("nan_calls", {}).get(rank, ()):
             out = StepOutput(out.loss * float("nan"), out.metrics)
         if options.get("stop_at") == n and rank == 0:
@@ -182,10 +182,10 @@ def train_ranks(rank: int, world: int, cfg_dict: dict, options: dict | None = No
     if options.get("crash_commit"):
         real_commit = ckpt.commit
 
-        def commit(root, tag, info):
+        def commit(root, tag, info, files=None):
             if ckpt.step_of(tag) == options["crash_commit"]:
                 raise SimulatedCrash(f"killed while saving {tag}")
-            real_commit(root, tag, info)
+            real_commit(root, tag, info, files=files)
 
         ckpt.commit = commit
 
