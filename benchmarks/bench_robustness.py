@@ -64,7 +64,8 @@ def _coin(*args: str) -> None:
 
 def _eval(models: dict[str, str], data: str, instructions: str, out: str, plan: dict, attacks: str) -> dict:
     args = [a for name, path in models.items() for a in ("--model", path, "--model-name", name)]
-    _coin("eval", *args, "--task-file", os.path.join(data, "tasks.json"), "--tasks", "all",
+    tasks = ",".join(t["name"] for t in json.load(open(os.path.join(data, "tasks.json"), encoding="utf-8")))
+    _coin("eval", *args, "--task-file", os.path.join(data, "tasks.json"), "--tasks", tasks,
           "--data", os.path.join(data, "eval"), "--instructions", instructions, "--attacks", attacks,
           "--n-examples", str(plan["eval_examples"]), "--n-instructions", str(plan["n_instructions"]),
           "--representation", "auto", "--representation-examples", str(plan["eval_examples"]),
