@@ -33,7 +33,8 @@ import subprocess
 import sys
 import time
 
-OUT = os.environ.get("COIN_BENCH_ROBUSTNESS_DIR", "runs/bench_robustness")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.environ.get("COIN_BENCH_ROBUSTNESS_DIR", "runs/bench_robustness")  # relative: to the current directory
 LEVELS = ["clean", "character", "word", "sentence", "semantic"]
 BASELINE, METHOD = "cit", "coin"
 ARMS = {
@@ -51,15 +52,16 @@ ARM_TEXT = {
     "consistency": "originals + paraphrases + the output-consistency term (`coin.objective: consistency`)",
 }
 # the full run; --quick keeps the code path and shrinks every size
-FULL = {"seeds": [0, 1, 2], "arms": list(ARMS), "testbed": [], "pretrain_steps": 300, "steps": 150,
-        "eval_examples": 40, "n_instructions": 0}
+FULL = {"seeds": [0, 1, 2], "arms": list(ARMS), "testbed": [], "pretrain_steps": 300, "steps": 400,
+        "eval_examples": 32, "n_instructions": 0}
 QUICK = {"seeds": [0, 1], "arms": ["cit", "coin"], "testbed": ["--train-per-task", "16", "--eval-per-task", "8"],
          "pretrain_steps": 10, "steps": 4, "eval_examples": 8, "n_instructions": 2}
 
 
 def _coin(*args: str) -> None:
     print("$ coin " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "coin", *args], check=True)
+    # from the checkout's root: configs/testbed.yaml names its DeepSpeed config relative to it
+    subprocess.run([sys.executable, "-m", "coin", *args], check=True, cwd=REPO)
 
 
 def _eval(models: dict[str, str], data: str, instructions: str, out: str, plan: dict, attacks: str) -> dict:
@@ -96,8 +98,8 @@ def _training(path: str) -> dict:
     return out
 
 
-def _seed_run(seed: int, plan: dict, timings: dict) -> dict:
-    root = os.path.join(OUT, f"seed{seed}")
+def _seed_run(seed: int, plan: dict, timings: dict, out: str) -> dict:
+    root = os.path.join(out, f"seed{seed}")
     data, init = os.path.join(root, "data"), os.path.join(root, "init")
     t0 = time.time()
     _coin("data", "testbed", data, "--seed", str(seed), *plan["testbed"])
@@ -107,7 +109,7 @@ def _seed_run(seed: int, plan: dict, timings: dict) -> dict:
     models = {}
     for arm in plan["arms"]:
         t0 = time.time()
-        _coin("train", "--config", "configs/testbed.yaml", "--nproc", "2", f"model.name_or_path={init}",
+        _coin("train", "--config", os.path.join(REPO, "configs", "testbed.yaml"), "--nproc", "2", f"model.name_or_path={init}",
               f"data.train={data}/train.pairs.jsonl", f"output.dir={root}/{arm}", "output.resume=never",
               f"optim.seed={seed}", f"optim.max_steps={plan['steps']}", f"output.save_every={plan['steps']}",
               "logging.progress_bar=false", *ARMS[arm])
@@ -262,21 +264,22 @@ def discussion(summary: dict) -> list[str]:
     return out
 
 
-def run(quick: bool = False) -> str:
+def run(quick: bool = False, out: str | None = None) -> str:
     import platform
 
     plan = QUICK if quick else FULL
+    out = os.path.abspath(out or OUT)
     t0 = time.time()
     timings: dict = {}
-    runs = [_seed_run(seed, plan, timings) for seed in plan["seeds"]]
+    runs = [_seed_run(seed, plan, timings, out) for seed in plan["seeds"]]
     summary = summarize(runs, plan["arms"])
     meta = {"command": "coin bench robustness" + (" --quick" if quick else ""), "plan": plan, "timings": timings,
             "minutes": (time.time() - t0) / 60, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
-    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     record = dict(summary, meta=meta)
-    paths = [os.path.join(OUT, "robustness.json")]
+    paths = [os.path.join(out, "robustness.json")]
     if not quick:  # the recorded figures come from the full run only
-        paths.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "robustness.json"))
+        paths.append(os.path.join(REPO, "benchmarks", "results", "robustness.json"))
     for path in paths:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
