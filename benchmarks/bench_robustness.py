@@ -72,6 +72,12 @@ def _eval(models: dict[str, str], data: str, instructions: str, out: str, plan: 
           "--n-examples", str(plan["eval_examples"]), "--n-instructions", str(plan["n_instructions"]),
           "--representation", "auto", "--representation-examples", str(plan["eval_examples"]),
           "--out", out, "--no-plots", "--no-progress")
+    return read_eval(out)
+
+
+def read_eval(out: str) -> dict:
+    """What one `coin eval --out OUT` wrote: its results.json and, per model and level, the
+    correctness of every prediction with its cluster (task, example) for the paired bootstrap."""
     results = json.load(open(os.path.join(out, "results.json"), encoding="utf-8"))
     levels = {(m, t, r["key"]): r["level"] for m, mr in results["models"].items()
               for t, tr in mr["tasks"].items() for r in tr["instructions"]}
@@ -149,10 +155,11 @@ def summarize(runs: list[dict], arms: list[str]) -> dict:
                           "consistency": _ms(cons)["mean"],
                           "rep_cosine": (sum(cos) / len(cos)) if all(c is not None for c in cos) else None}
         tr = _ms([o["by_level"]["clean"]["accuracy"] for o in train])
+        tr["per_seed"] = [100 * o["by_level"]["clean"]["accuracy"] for o in train]
         out["arms"][arm] = {
             "seeds": len(runs), "levels": levels,
             "max_answer_share": 100 * max(max(o["max_answer_share"] for o in held), max(o["max_answer_share"] for o in train)),
-            "training_phrasings": {"acc_mean": tr["mean"], "acc_std": tr["std"]},
+            "training_phrasings": {"acc_mean": tr["mean"], "acc_std": tr["std"], "per_seed": tr["per_seed"]},
             "heldout_mean": sum(levels[lv]["acc_mean"] for lv in LEVELS) / len(LEVELS),
             "detail": detail,
             "training": {k: sum(r["training"][arm].get(k, 0.0) for r in runs) / len(runs)
@@ -235,7 +242,9 @@ def section(summary: dict, meta: dict) -> str:
         tr = a[n]["training"]
         lines.append(f"| {n} | " + " | ".join(_f(tr.get(k), 3) for k in
                                               ("gen_loss", "ctr_loss", "ctr_weight", "gen_grad_norm", "ctr_grad_norm", "grad_norm")) + " |")
-    return "\n".join(lines + ["", "Discussion (generated from the figures above):", ""] + discussion(summary)) + "\n"
+    return "\n".join(lines + ["", "Discussion (generated from the figures above; what they mean for the method and "
+                               "what to set for a 7B run: docs/testbed.md, *The experiment*):", ""]
+                      + discussion(summary)) + "\n"
 
 
 def discussion(summary: dict) -> list[str]:
@@ -257,10 +266,15 @@ def discussion(summary: dict) -> list[str]:
             verdict += "; worse at " + ", ".join(sig_down)
         out.append(f"- `{n}` vs `{BASELINE}`: {mean:+.1f} points on average over the levels; {verdict} "
                    "(95% intervals that exclude 0).")
-    for n, arm in a.items():
-        if arm["max_answer_share"] > 95:
-            out.append(f"- `{n}` gives one answer to more than 95% of the examples of some instruction: its accuracy there "
-                       "is not evidence of robustness.")
+    spread = base["training_phrasings"].get("per_seed", []) if base else []
+    if spread and max(spread) - min(spread) > 10:
+        out.append(f"- The baseline's accuracy on its own training phrasings ranges from {min(spread):.1f}% to "
+                   f"{max(spread):.1f}% over the seeds: at this step budget whether a seed learns the tasks at all "
+                   "is partly chance, and that spread is as large as the differences between arms.")
+    collapsed = [n for n, arm in a.items() if arm["max_answer_share"] > 95]
+    if collapsed:
+        out.append("- " + ", ".join(f"`{n}`" for n in collapsed) + " give one answer to more than 95% of the examples "
+                   "of at least one (task, instruction): accuracy there is not evidence of robustness.")
     return out
 
 

@@ -52,6 +52,7 @@ def test_summary_matches_a_hand_computation():
     assert cit["levels"]["word"]["acc_mean"] == pytest.approx(65.0)
     assert cit["levels"]["word"]["acc_std"] == pytest.approx(math.sqrt(((70 - 65) ** 2 + (60 - 65) ** 2) / 1))
     assert cit["training_phrasings"]["acc_mean"] == pytest.approx(85.0)
+    assert cit["training_phrasings"]["per_seed"] == pytest.approx([90.0, 80.0])
     # the baseline's gap: training phrasings 85 minus the mean over held-out levels 65
     assert s["sft_gap_points"] == pytest.approx(20.0)
     assert s["majority_acc"] == pytest.approx(50.0)
