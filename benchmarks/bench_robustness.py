@@ -1,172 +1,306 @@
-"""Does CoIN make a model more robust to reworded instructions? A small-scale experiment on CPU.
+"""Does CoIN make a model more robust to reworded instructions? The experiment, on CPU.
 
-The same tiny LLaMA, from the same initialisation, on the same demo data (originals + template
-paraphrases), with the same steps and seeds, trained on 2 ranks under ZeRO-3, once per arm:
+The testbed (`coin data testbed`, docs/testbed.md): several yes/no tasks over the same inputs,
+so only the instruction says which task is asked; many training phrasings per task, held-out
+wordings for evaluation. Per seed: one testbed, one language-model pre-training of the tiny
+LLaMA on the testbed's corpus (`coin pretrain`), then every arm from that same initialisation on
+the same data, 2 ranks under ZeRO-3:
 
-    coin          the contrastive term on (configs/tiny.yaml: tau 0.05, lambda 1000, last-token pooling)
-    coin-lambda1  the same with lambda 1: the contrastive term never outweighs the generation loss
-    sft           the paper's baseline, continual instruction tuning: `coin.objective: cit`, the
-                  generation loss on the same originals and paraphrases
+    sft            the generation loss on the original instructions only
+    cit            continual instruction tuning, the paper's baseline: originals + paraphrases,
+                   no contrastive term
+    coin           CoIN with the paper's settings: adaptive w = min(lambda, L_gen / L_ctr), lambda 1000
+    coin-gradnorm  CoIN with the contrastive gradient scaled to coin.grad_ratio x the generation
+                   gradient at the final hidden states
+    consistency    originals + paraphrases with a symmetric output-consistency term
 
-Both are evaluated on the demo's held-out instruction templates (never seen in training), clean
-and perturbed at the character, word, sentence and semantic levels, on the same examples:
-accuracy mean and std over instructions per level, consistency across instruction variants, and
-the cosine between clean and perturbed last-token representations.
+Every arm is evaluated on the training phrasings (clean) and on the held-out wordings, clean and
+under the seven attacks at the four levels, with calibrated label scoring. Reported per arm:
+mean and std over seeds of the accuracy per level, the instruction std (the paper's Figure 3),
+consistency, clean-vs-perturbed representation cosine, the largest answer share; per level the
+paired difference CoIN - CIT with a bootstrap 95% interval over seeds and examples (eval/stats.py).
 
-    python benchmarks/bench_robustness.py [--quick]      (or: coin bench robustness)
+    python benchmarks/bench_robustness.py [--quick]      (or: coin bench robustness [--quick])
+
+Writes benchmarks/results/robustness.json (the full run only) and the RESULTS.md section.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
-OUT = os.environ.get("COIN_BENCH_ROBUSTNESS_DIR", "runs/bench_robustness")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.environ.get("COIN_BENCH_ROBUSTNESS_DIR", "runs/bench_robustness")  # relative: to the current directory
 LEVELS = ["clean", "character", "word", "sentence", "semantic"]
-ARMS = [("coin", []), ("coin-lambda1", ["coin.max_weight=1"]), ("sft", ["coin.objective=cit"])]
-ARM_TEXT = {
-    "coin": "CoIN with the paper's settings (adaptive weight, lambda 1000)",
-    "coin-lambda1": "CoIN with lambda 1 (w = min(1, L_gen / L_ctr))",
-    "sft": "continual instruction tuning, the paper's baseline (contrastive term off, same originals + paraphrases)",
+BASELINE, METHOD = "cit", "coin"
+ARMS = {
+    "sft": ["coin.objective=sft"],
+    "cit": ["coin.objective=cit"],
+    "coin": ["coin.objective=coin", "coin.weighting=adaptive", "coin.max_weight=1000"],
+    "coin-gradnorm": ["coin.objective=coin", "coin.weighting=gradnorm"],
+    "consistency": ["coin.objective=consistency"],
 }
+ARM_TEXT = {
+    "sft": "generation loss on the originals only",
+    "cit": "continual instruction tuning, the paper's baseline (originals + paraphrases, no contrastive term)",
+    "coin": "CoIN with the paper's weighting (adaptive, lambda 1000)",
+    "coin-gradnorm": "CoIN with gradient-norm balancing (`coin.weighting: gradnorm`)",
+    "consistency": "originals + paraphrases + the output-consistency term (`coin.objective: consistency`)",
+}
+# the full run; --quick keeps the code path and shrinks every size
+FULL = {"seeds": [0, 1, 2], "arms": list(ARMS), "testbed": [], "pretrain_steps": 300, "steps": 400,
+        "eval_examples": 32, "n_instructions": 0}
+QUICK = {"seeds": [0, 1], "arms": ["cit", "coin"], "testbed": ["--train-per-task", "16", "--eval-per-task", "8"],
+         "pretrain_steps": 10, "steps": 4, "eval_examples": 8, "n_instructions": 2}
 
 
 def _coin(*args: str) -> None:
     print("$ coin " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "coin", *args], check=True)
+    # from the checkout's root: configs/testbed.yaml names its DeepSpeed config relative to it
+    subprocess.run([sys.executable, "-m", "coin", *args], check=True, cwd=REPO)
 
 
-def _experiment(quick: bool) -> dict:
-    from coin.pipeline import TASKS
-
-    steps = 20 if quick else 400
-    per_task, eval_examples = (24, 8) if quick else (150, 40)
-    data = os.path.join(OUT, "data")
-    t0 = time.time()
-    _coin("data", "demo", data, "--train-per-task", str(per_task), "--eval-per-task", str(eval_examples))
-    _coin("augment", os.path.join(data, "train.jsonl"), "--backend", "templates", "--templates",
-          os.path.join(data, "templates.json"), "--out-dir", os.path.join(data, "augment"),
-          "--output", os.path.join(data, "train.augmented.jsonl"), "--no-progress")
-    _coin("pairs", os.path.join(data, "train.augmented.jsonl"), "--output", os.path.join(data, "train.pairs.jsonl"))
-    timings = {}
-    for name, extra in ARMS:
-        start = time.time()
-        _coin("train", "--config", "configs/tiny.yaml", "--nproc", "2", f"data.train={data}/train.pairs.jsonl",
-              "data.eval=null", f"output.dir={OUT}/{name}", "output.resume=never", f"optim.max_steps={steps}",
-              f"output.save_every={steps}", "logging.eval_every=0", "logging.progress_bar=false", *extra)
-        timings[name] = time.time() - start
-    glue = os.path.join(data, "glue")  # the held-out instances, written by `coin data demo`
-    start = time.time()
-    models = [a for name, _ in ARMS for a in ("--model", f"{OUT}/{name}/hf")]
-    names = [a for name, _ in ARMS for a in ("--model-name", name)]
-    _coin("eval", *models, *names, "--tasks", TASKS, "--data", glue,
-          "--instructions", "generated:" + os.path.join(data, "heldout_templates.json"),
-          "--n-examples", str(eval_examples), "--representation", "cola", "--representation-examples", str(eval_examples),
-          "--out", f"{OUT}/eval", "--no-progress")
-    timings["eval"] = time.time() - start
-    results = json.load(open(f"{OUT}/eval/results.json"))
-    training = {name: _training_summary(f"{OUT}/{name}/metrics.jsonl") for name, _ in ARMS}
-    return {"steps": steps, "per_task": per_task, "eval_examples": eval_examples, "results": results,
-            "training": training, "timings": timings, "seconds": time.time() - t0}
+def _eval(models: dict[str, str], data: str, instructions: str, out: str, plan: dict, attacks: str) -> dict:
+    args = [a for name, path in models.items() for a in ("--model", path, "--model-name", name)]
+    tasks = ",".join(t["name"] for t in json.load(open(os.path.join(data, "tasks.json"), encoding="utf-8")))
+    _coin("eval", *args, "--task-file", os.path.join(data, "tasks.json"), "--tasks", tasks,
+          "--data", os.path.join(data, "eval"), "--instructions", instructions, "--attacks", attacks,
+          "--n-examples", str(plan["eval_examples"]), "--n-instructions", str(plan["n_instructions"]),
+          "--representation", "auto", "--representation-examples", str(plan["eval_examples"]),
+          "--out", out, "--no-plots", "--no-progress")
+    return read_eval(out)
 
 
-def _training_summary(path: str) -> dict:
-    """Means over the last 10% of steps, and the mean gradient norm (before clipping) over the run."""
-    rows = [json.loads(line) for line in open(path) if '"kind": "train"' in line]
+def read_eval(out: str) -> dict:
+    """What one `coin eval --out OUT` wrote: its results.json and, per model and level, the
+    correctness of every prediction with its cluster (task, example) for the paired bootstrap."""
+    results = json.load(open(os.path.join(out, "results.json"), encoding="utf-8"))
+    levels = {(m, t, r["key"]): r["level"] for m, mr in results["models"].items()
+              for t, tr in mr["tasks"].items() for r in tr["instructions"]}
+    units: dict[str, dict] = {}  # model -> level -> (correctness list, cluster id list)
+    for line in open(os.path.join(out, "predictions.jsonl"), encoding="utf-8"):
+        p = json.loads(line)
+        level = levels[(p["model"], p["task"], p["instruction"])]
+        c, ids = units.setdefault(p["model"], {}).setdefault(level, ([], []))
+        c.append(int(p["prediction"] == p["label"]))
+        ids.append((p["task"], str(p["example"])))
+    return {"results": results, "units": units}
+
+
+def _training(path: str) -> dict:
+    """Means over the last 10% of the logged steps; the gradient norm (before clipping) over the run."""
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if '"kind": "train"' in line]
     tail = rows[-max(1, len(rows) // 10):]
-    mean = lambda key, rs: sum(float(r[key]) for r in rs) / len(rs)  # noqa: E731
-    return {"gen_loss": mean("gen_loss", tail), "ctr_acc": mean("ctr_acc", tail), "ctr_weight": mean("ctr_weight", tail),
-            "grad_norm": mean("grad_norm", rows)}
-
-
-def _section(exp: dict) -> str:
-    models = exp["results"]["models"]
-    arms = [name for name, _ in ARMS]
-    t = exp["timings"]
-    lines = [
-        "## Small-scale experiment: CoIN vs continual instruction tuning (tiny LLaMA, CPU)",
-        "",
-        f"Demo data: 8 GLUE-like tasks, {exp['per_task']} training examples per task, each with a template "
-        f"paraphrase; {exp['steps']} optimiser steps of 8 examples (2 ranks x 4, ZeRO-3), the same initialisation, "
-        f"seeds and data for every arm; evaluation on the held-out templates (never trained on), "
-        f"{exp['eval_examples']} examples per task, 6 instructions per task, each clean and under 7 attacks, "
-        "label-likelihood scoring. Arms: " + "; ".join(f"`{n}` = {ARM_TEXT[n]}" for n in arms) + ". "
-        "Command: `python benchmarks/bench_robustness.py` "
-        f"(total {exp['seconds'] / 60:.1f} min; training " + ", ".join(f"{n} {t[n]:.0f} s" for n in arms)
-        + f"; evaluation {t['eval']:.0f} s).",
-        "",
-        "Accuracy: mean over instructions, averaged over tasks; std: population std over the instructions of a level, "
-        "averaged over tasks (the paper's Figure 3). Consistency: % of answers equal to the answer under the clean "
-        "instruction. cos: mean cosine between clean and perturbed last-token representations (CoLA inputs).",
-        "",
-        "| level | " + " | ".join(f"{n} acc (%) | {n} std" for n in arms) + " | "
-        + " | ".join(f"{n} consistency (%)" for n in arms) + " | " + " | ".join(f"{n} cos" for n in arms) + " |",
-        "|---|" + "---:|" * (4 * len(arms)),
-    ]
-
-    def cons(m, level):
-        if level == "clean":
-            return "100.0"  # agreement of the clean answers with themselves
-        value = m["overall"]["consistency"]["agreement_with_clean"].get(level)
-        return "" if value is None else f"{100 * value:.1f}"
-
-    def cos(m, level):
-        value = (m.get("representation") or {}).get("mean_cosine", {}).get(level)
-        return "" if value is None else f"{value:.3f}"
-
-    for level in LEVELS:
-        cells = []
-        for n in arms:
-            a = models[n]["overall"]["by_level"][level]
-            cells += [f"{100 * a['accuracy']:.1f}", f"{100 * a['std']:.1f}"]
-        cells += [cons(models[n], level) for n in arms] + [cos(models[n], level) for n in arms]
-        lines.append(f"| {level} | " + " | ".join(cells) + " |")
-    lines += ["", "Training (means over the last 10% of steps; gradient norm before clipping, mean over the run):", "",
-              "| arm | generation loss | contrastive accuracy | effective weight w | gradient norm |", "|---|---:|---:|---:|---:|"]
-    for n in arms:
-        tr = exp["training"][n]
-        lines.append(f"| {n} | {tr['gen_loss']:.3f} | {tr['ctr_acc']:.3f} | {tr['ctr_weight']:.1f} | {tr['grad_norm']:.1f} |")
-    return "\n".join(lines + ["", "Discussion (generated from the figures above):", ""] + _discussion(exp)) + "\n"
-
-
-def _discussion(exp: dict) -> list[str]:
-    models, training = exp["results"]["models"], exp["training"]
-    acc = {n: {lv: models[n]["overall"]["by_level"][lv]["accuracy"] for lv in LEVELS} for n in models}
-    std = {n: {lv: models[n]["overall"]["by_level"][lv]["std"] for lv in LEVELS} for n in models}
-    perturbed = {n: sum(acc[n][lv] for lv in LEVELS[1:]) / (len(LEVELS) - 1) for n in models}
-    out = []
-    best = max(perturbed, key=perturbed.get)
-    out.append("- Mean accuracy over the four perturbation levels: " + ", ".join(
-        f"{n} {100 * perturbed[n]:.1f}%" for n in models) + f". The best arm here is `{best}`; "
-        + ("CoIN did not beat the baseline in this setting." if best == "sft" else "CoIN beat the baseline in this setting."))
-    for n in models:
-        if all(std[n][lv] < 1e-9 for lv in LEVELS) and models[n]["overall"]["consistency"]["overall"] > 1 - 1e-9:
-            out.append(f"- `{n}` answers every prompt of a task with the same label (std 0, consistency 100%): "
-                       "perfectly consistent only because it ignores its input, not a robustness gain.")
-    if "coin" in training and "sft" in training:
-        c, f = training["coin"], training["sft"]
-        out.append(
-            f"- Why `coin` (lambda 1000) underfits: once the contrastive task is solved (contrastive accuracy "
-            f"{c['ctr_acc']:.2f}) L_ctr is tiny, so w = min(lambda, L_gen / L_ctr) climbs to about {c['ctr_weight']:.0f}; "
-            f"the contrastive gradient then dominates the update (gradient norm {c['grad_norm']:.0f} against "
-            f"{f['grad_norm']:.1f} for SFT, clipped to optim.max_grad_norm), and the generation loss ends at "
-            f"{c['gen_loss']:.2f} against {f['gen_loss']:.2f}. Capping w at 1 (`coin-lambda1`) restores most of the "
-            f"generation loss ({training.get('coin-lambda1', c)['gen_loss']:.2f}).")
-    out.append("- Caveats: a 4M-parameter LLaMA trained from random initialisation for a few hundred steps on synthetic "
-               "demo tasks is far from the paper's setting (pretrained LLaMA-7B, LoRA, FLAN with 52k paraphrase "
-               "entries); there the model already represents instructions well and the contrastive term refines them. "
-               "This experiment checks that the whole pipeline measures what the paper measures, side by side and "
-               "reproducibly; it does not reproduce the paper's +2.5 points.")
+    out = {}
+    for key, rs in (("gen_loss", tail), ("ctr_loss", tail), ("ctr_weight", tail), ("cons_loss", tail),
+                    ("gen_grad_norm", rows), ("ctr_grad_norm", rows), ("grad_norm", rows)):
+        vals = [float(r[key]) for r in rs if r.get(key) is not None]
+        if vals:
+            out[key] = sum(vals) / len(vals)
     return out
 
 
-def run(quick: bool = False) -> str:
-    exp = _experiment(quick)
-    with open(os.path.join(OUT, "experiment.json"), "w") as f:
-        json.dump(exp, f, indent=2)
-    return _section(exp)
+def _seed_run(seed: int, plan: dict, timings: dict, out: str) -> dict:
+    root = os.path.join(out, f"seed{seed}")
+    data, init = os.path.join(root, "data"), os.path.join(root, "init")
+    t0 = time.time()
+    _coin("data", "testbed", data, "--seed", str(seed), *plan["testbed"])
+    _coin("pretrain", "--corpus", os.path.join(data, "corpus.txt"), "--out", init, "--seed", str(seed),
+          "--steps", str(plan["pretrain_steps"]), "--no-progress")
+    timings.setdefault("data+pretrain", []).append(time.time() - t0)
+    models = {}
+    for arm in plan["arms"]:
+        t0 = time.time()
+        _coin("train", "--config", os.path.join(REPO, "configs", "testbed.yaml"), "--nproc", "2", f"model.name_or_path={init}",
+              f"data.train={data}/train.pairs.jsonl", f"output.dir={root}/{arm}", "output.resume=never",
+              f"optim.seed={seed}", f"optim.max_steps={plan['steps']}", f"output.save_every={plan['steps']}",
+              "logging.progress_bar=false", *ARMS[arm])
+        timings.setdefault(arm, []).append(time.time() - t0)
+        models[arm] = f"{root}/{arm}/hf"
+    t0 = time.time()
+    trained = _eval(models, data, "generated:" + os.path.join(data, "instructions.train.json"), f"{root}/eval_train",
+                    plan, "clean")
+    heldout = _eval(models, data, "generated:" + os.path.join(data, "instructions.heldout.json"),
+                    f"{root}/eval_heldout", plan, "all")
+    timings.setdefault("eval", []).append(time.time() - t0)
+    return {"trained": trained, "heldout": heldout,
+            "training": {arm: _training(f"{root}/{arm}/metrics.jsonl") for arm in plan["arms"]}}
+
+
+def _ms(values: list[float]) -> dict:
+    """Mean and sample std (over seeds) of figures in [0, 1], in percent."""
+    vals = [100 * v for v in values]
+    return {"mean": sum(vals) / len(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
+
+def summarize(runs: list[dict], arms: list[str]) -> dict:
+    from coin.eval.stats import cluster_differences, paired_bootstrap
+
+    out: dict = {"arms": {}}
+    for arm in arms:
+        held = [r["heldout"]["results"]["models"][arm]["overall"] for r in runs]
+        train = [r["trained"]["results"]["models"][arm]["overall"] for r in runs]
+        reps = [r["heldout"]["results"]["models"][arm].get("representation") or {} for r in runs]
+        levels, detail = {}, {}
+        for lv in LEVELS:
+            acc = _ms([o["by_level"][lv]["accuracy"] for o in held])
+            levels[lv] = {"acc_mean": acc["mean"], "acc_std": acc["std"]}
+            cons = [o["consistency"]["agreement_with_clean"].get(lv, 1.0) for o in held]  # clean agrees with itself
+            cos = [rp.get("mean_cosine", {}).get(lv) for rp in reps]
+            detail[lv] = {"instruction_std": _ms([o["by_level"][lv]["std"] for o in held])["mean"],
+                          "consistency": _ms(cons)["mean"],
+                          "rep_cosine": (sum(cos) / len(cos)) if all(c is not None for c in cos) else None}
+        tr = _ms([o["by_level"]["clean"]["accuracy"] for o in train])
+        tr["per_seed"] = [100 * o["by_level"]["clean"]["accuracy"] for o in train]
+        out["arms"][arm] = {
+            "seeds": len(runs), "levels": levels,
+            "max_answer_share": 100 * max(max(o["max_answer_share"] for o in held), max(o["max_answer_share"] for o in train)),
+            "training_phrasings": {"acc_mean": tr["mean"], "acc_std": tr["std"], "per_seed": tr["per_seed"]},
+            "heldout_mean": sum(levels[lv]["acc_mean"] for lv in LEVELS) / len(LEVELS),
+            "detail": detail,
+            "training": {k: sum(r["training"][arm].get(k, 0.0) for r in runs) / len(runs)
+                         for k in runs[0]["training"][arm]},
+        }
+    base = out["arms"].get(BASELINE)
+    out["baseline"] = BASELINE
+    out["sft_gap_points"] = base["training_phrasings"]["acc_mean"] - base["heldout_mean"] if base else None
+    out["majority_acc"] = _ms([r["heldout"]["results"]["models"][arms[0]]["overall"]["majority_accuracy"] for r in runs])["mean"]
+    out["majority_acc_training_phrasings"] = _ms(
+        [r["trained"]["results"]["models"][arms[0]]["overall"]["majority_accuracy"] for r in runs])["mean"]
+    out["coin_minus_baseline"] = {}
+    for method in [a for a in arms if a != BASELINE]:
+        if BASELINE not in arms:
+            break
+        diffs = {}
+        for lv in LEVELS:
+            per_seed = []
+            for r in runs:
+                (ca, ids), (cb, ids_b) = r["heldout"]["units"][method][lv], r["heldout"]["units"][BASELINE][lv]
+                if ids != ids_b:
+                    raise RuntimeError(f"level {lv}: {method} and {BASELINE} were scored on different examples")
+                per_seed.append(cluster_differences(ca, cb, ids))
+            b = paired_bootstrap(per_seed, n_boot=2000, seed=0)
+            diffs[lv] = {"mean": 100 * b["mean"], "ci95": [100 * b["ci95"][0], 100 * b["ci95"][1]]}
+        if method == METHOD:
+            out["coin_minus_baseline"] = diffs
+        out.setdefault("minus_baseline", {})[method] = diffs
+    return out
+
+
+def _f(x, digits: int = 1) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def section(summary: dict, meta: dict) -> str:
+    arms = list(summary["arms"])
+    a = summary["arms"]
+    t = meta["timings"]
+    lines = [
+        "## The robustness experiment: CoIN against its baselines on the instruction testbed (tiny LLaMA, CPU)",
+        "",
+        f"Command: `{meta['command']}`; {meta['machine']}; {meta['minutes']:.1f} min in all "
+        f"(per seed: testbed + pre-training {statistics.mean(t['data+pretrain']):.0f} s, "
+        + ", ".join(f"{n} {statistics.mean(t[n]):.0f} s" for n in arms)
+        + f", evaluation {statistics.mean(t['eval']):.0f} s). Seeds {meta['plan']['seeds']}; per seed one testbed and "
+        f"one pre-trained initialisation shared by every arm; {meta['plan']['steps']} optimiser steps per arm "
+        "(configs/testbed.yaml, 2 ranks, ZeRO-3). Arms: " + "; ".join(f"`{n}` = {ARM_TEXT[n]}" for n in arms) + ".",
+        "",
+        "Accuracy (%), mean ± std over seeds; *training* = the training phrasings, clean; the other columns are the "
+        "held-out wordings, clean and under the attacks of each level (calibrated label scoring). "
+        f"Majority class: {summary['majority_acc']:.1f}% (held-out subset), "
+        f"{summary['majority_acc_training_phrasings']:.1f}% (training phrasings).",
+        "",
+        "| arm | training | " + " | ".join(LEVELS) + " | held-out mean | max answer share |",
+        "|---|" + "---:|" * (len(LEVELS) + 3),
+    ]
+    for n in arms:
+        lv = a[n]["levels"]
+        lines.append(f"| {n} | {_f(a[n]['training_phrasings']['acc_mean'])} ± {_f(a[n]['training_phrasings']['acc_std'])} | "
+                     + " | ".join(f"{_f(lv[x]['acc_mean'])} ± {_f(lv[x]['acc_std'])}" for x in LEVELS)
+                     + f" | {_f(a[n]['heldout_mean'])} | {_f(a[n]['max_answer_share'])}"
+                     + (" (collapsed)" if a[n]["max_answer_share"] > 95 else "") + " |")
+    lines += ["", "Instruction std (points, mean over seeds; the paper's Figure 3), consistency with the clean answer (%), "
+              "and clean-vs-perturbed representation cosine, per held-out level:", "",
+              "| arm | " + " | ".join(f"{x} std / cons / cos" for x in LEVELS) + " |", "|---|" + "---:|" * len(LEVELS)]
+    for n in arms:
+        d = a[n]["detail"]
+        lines.append(f"| {n} | " + " | ".join(
+            f"{_f(d[x]['instruction_std'])} / {_f(d[x]['consistency'])} / {_f(d[x]['rep_cosine'], 3)}" for x in LEVELS) + " |")
+    if summary.get("minus_baseline"):
+        lines += ["", f"Paired difference against `{BASELINE}` (points; mean over seeds, bootstrap 95% interval over "
+                  "seeds and examples):", "", "| arm | " + " | ".join(LEVELS) + " |", "|---|" + "---:|" * len(LEVELS)]
+        for n, diffs in summary["minus_baseline"].items():
+            lines.append(f"| {n} - {BASELINE} | " + " | ".join(
+                f"{diffs[x]['mean']:+.1f} [{diffs[x]['ci95'][0]:+.1f}, {diffs[x]['ci95'][1]:+.1f}]" for x in LEVELS) + " |")
+    lines += ["", "Training (means over seeds; losses over the last 10% of steps, gradient norms over the run):", "",
+              "| arm | gen loss | ctr loss | w | gen grad norm | ctr grad norm | grad norm |", "|---|" + "---:|" * 6]
+    for n in arms:
+        tr = a[n]["training"]
+        lines.append(f"| {n} | " + " | ".join(_f(tr.get(k), 3) for k in
+                                              ("gen_loss", "ctr_loss", "ctr_weight", "gen_grad_norm", "ctr_grad_norm", "grad_norm")) + " |")
+    return "\n".join(lines + ["", "Discussion (generated from the figures above; what they mean for the method and "
+                               "what to set for a 7B run: docs/testbed.md, *The experiment*):", ""]
+                      + discussion(summary)) + "\n"
+
+
+def discussion(summary: dict) -> list[str]:
+    a = summary["arms"]
+    out = []
+    base = a.get(BASELINE)
+    if base:
+        gap = summary["sft_gap_points"]
+        out.append(f"- The weakness CoIN targets is {'present' if gap >= 10 else 'weak'} here: the baseline `{BASELINE}` scores "
+                   f"{base['training_phrasings']['acc_mean']:.1f}% on the training phrasings and {base['heldout_mean']:.1f}% "
+                   f"on the held-out wordings (mean of the five levels), a gap of {gap:.1f} points, against a majority "
+                   f"class of {summary['majority_acc_training_phrasings']:.1f}%.")
+    for n, diffs in summary.get("minus_baseline", {}).items():
+        sig_up = [lv for lv in LEVELS if diffs[lv]["ci95"][0] > 0]
+        sig_down = [lv for lv in LEVELS if diffs[lv]["ci95"][1] < 0]
+        mean = sum(diffs[lv]["mean"] for lv in LEVELS) / len(LEVELS)
+        verdict = ("better than the baseline at " + ", ".join(sig_up) if sig_up else "not significantly better at any level")
+        if sig_down:
+            verdict += "; worse at " + ", ".join(sig_down)
+        out.append(f"- `{n}` vs `{BASELINE}`: {mean:+.1f} points on average over the levels; {verdict} "
+                   "(95% intervals that exclude 0).")
+    spread = base["training_phrasings"].get("per_seed", []) if base else []
+    if spread and max(spread) - min(spread) > 10:
+        out.append(f"- The baseline's accuracy on its own training phrasings ranges from {min(spread):.1f}% to "
+                   f"{max(spread):.1f}% over the seeds: at this step budget whether a seed learns the tasks at all "
+                   "is partly chance, and that spread is as large as the differences between arms.")
+    collapsed = [n for n, arm in a.items() if arm["max_answer_share"] > 95]
+    if collapsed:
+        out.append("- " + ", ".join(f"`{n}`" for n in collapsed) + " give one answer to more than 95% of the examples "
+                   "of at least one (task, instruction): accuracy there is not evidence of robustness.")
+    return out
+
+
+def run(quick: bool = False, out: str | None = None) -> str:
+    import platform
+
+    plan = QUICK if quick else FULL
+    out = os.path.abspath(out or OUT)
+    t0 = time.time()
+    timings: dict = {}
+    runs = [_seed_run(seed, plan, timings, out) for seed in plan["seeds"]]
+    summary = summarize(runs, plan["arms"])
+    meta = {"command": "coin bench robustness" + (" --quick" if quick else ""), "plan": plan, "timings": timings,
+            "minutes": (time.time() - t0) / 60, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    os.makedirs(out, exist_ok=True)
+    record = dict(summary, meta=meta)
+    paths = [os.path.join(out, "robustness.json")]
+    if not quick:  # the recorded figures come from the full run only
+        paths.append(os.path.join(REPO, "benchmarks", "results", "robustness.json"))
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+        os.replace(path + ".tmp", path)
+    return section(summary, meta)
 
 
 if __name__ == "__main__":

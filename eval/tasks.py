@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from coin.data_tools.schema import INPUT_SEPARATOR
 from coin.errors import CoinError, read_json
 
 
@@ -314,7 +315,8 @@ def render_prompt(spec: TaskSpec, instruction: str, example: Mapping[str, Any]) 
     """The instruction with its input: the `prompt` given to data_tools.prompt.PromptFormat.
 
     Placeholders are filled (`{content}`, columns, aliases, `{options_}`); without any input
-    placeholder the formatted input follows the instruction on a new line.
+    placeholder the formatted input follows the instruction after a blank line, as training joins
+    a record's instruction and input (data_tools.schema.INPUT_SEPARATOR: no train/eval mismatch).
     """
     names = set(placeholders(instruction))
     inputs = {CONTENT, *spec.columns, *spec.aliases}
@@ -330,7 +332,7 @@ def render_prompt(spec: TaskSpec, instruction: str, example: Mapping[str, Any]) 
     if OPTIONS in names:
         out = out.replace("{options_}", spec.options_text())
     if not names & inputs:
-        out = out.rstrip() + "\n" + spec.format_input(example)
+        out = out.rstrip() + INPUT_SEPARATOR + spec.format_input(example)
     return out
 
 

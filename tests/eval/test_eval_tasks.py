@@ -39,7 +39,7 @@ def test_every_task_spec_matches_method(name):
         for w in words:  # every built-in instruction names every label word
             assert w in text, (name, text)
     prompt = render_prompt(spec, instructions[0], _example(spec))
-    assert prompt == instructions[0] + "\n" + fmt
+    assert prompt == instructions[0] + "\n\n" + fmt  # as training joins instruction and input
 
 
 def test_all_is_the_nine_glue_tasks_and_mnli_joins_both_sets():
@@ -101,3 +101,13 @@ def test_label_word_override_changes_instructions_too():
         get_task("sst2").with_label_words(["a", "b", "c"])
     with pytest.raises(TaskError, match="TASK=word0"):
         label_word_overrides(["sst2"])
+
+
+def test_an_instruction_without_placeholders_is_joined_to_its_input_as_training_joins_them():
+    """Training renders `instruction + "\\n\\n" + input` (data_tools.schema); eval must match it."""
+    from coin.data_tools.schema import render_prompt as training_prompt
+
+    spec = get_task("sst2")
+    record = {"instruction": "Is this review positive?", "input": "Sentence: a fine film"}
+    example = {"sentence": "a fine film", "label": 1}
+    assert render_prompt(spec, record["instruction"], example) == training_prompt(record)
