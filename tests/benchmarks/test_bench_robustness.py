@@ -81,7 +81,7 @@ def test_summary_refuses_arms_scored_on_different_examples():
 
 
 def test_quick_experiment_end_to_end(tmp_path):
-    """The reduced plan: 2 seeds x 2 arms, each a real `coin train` on 2 ranks; the recorded
+    """The reduced plan: 1 seed x 2 arms, each a real `coin train` on 2 ranks; the recorded
     benchmarks/results/robustness.json is left alone (only the full run writes it)."""
     recorded = REPO / "benchmarks" / "results" / "robustness.json"
     before = recorded.read_bytes() if recorded.exists() else None
