@@ -475,12 +475,12 @@ class Trainer:
         dealt out (ckpt.share) and each rank hashes its share from disk."""
         tag_dir = os.path.join(root, tag)
         everyone = [written or {}]
-        if self.world > 1:
-            everyone = [None] * self.world
-            torch_dist.all_gather_object(everyone, written or {})
-        hashed = {rel: entry for part in everyone for rel, entry in part.items()}
+        if self.world > 1:  # only rank 0 uses them
+            everyone = [None] * self.world if self.is_main else None
+            torch_dist.gather_object(written or {}, everyone, dst=0)
         listing = [None]
         if self.is_main:
+            hashed = {rel: entry for part in everyone for rel, entry in part.items()}
             sizes = {rel: os.path.getsize(os.path.join(tag_dir, rel)) for rel in ckpt.tag_files(tag_dir)}
             done = {rel: hashed[rel] for rel, size in sizes.items() if rel in hashed and hashed[rel]["size"] == size}
             listing = [{rel: size for rel, size in sizes.items() if rel not in done}]
