@@ -4,7 +4,8 @@ The testbed (`coin data testbed`, docs/testbed.md): several yes/no tasks over th
 so only the instruction says which task is asked; many training phrasings per task, held-out
 wordings for evaluation. Per seed: one testbed, one language-model pre-training of the tiny
 LLaMA on the testbed's corpus (`coin pretrain`), then every arm from that same initialisation on
-the same data, 2 ranks under ZeRO-3:
+the same data (`coin train`, one process under DeepSpeed ZeRO-3; the jobs run two at a time, one
+per core):
 
     sft            the generation loss on the original instructions only
     cit            continual instruction tuning, the paper's baseline: originals + paraphrases,
@@ -53,26 +54,51 @@ ARM_TEXT = {
 }
 # the full run; --quick keeps the code path and shrinks every size
 FULL = {"seeds": [0, 1, 2], "arms": list(ARMS), "testbed": [], "pretrain_steps": 300, "steps": 400,
-        "eval_examples": 32, "n_instructions": 0}
+        "eval_examples": 32, "n_instructions": 0, "workers": 2}
 QUICK = {"seeds": [0], "arms": ["cit", "coin"], "testbed": ["--train-per-task", "16", "--eval-per-task", "8"],
-         "pretrain_steps": 10, "steps": 4, "eval_examples": 8, "n_instructions": 2}
+         "pretrain_steps": 10, "steps": 4, "eval_examples": 8, "n_instructions": 2, "workers": 2}
 
 
-def _coin(*args: str) -> None:
+def _coin(*args: str, log: str | None = None) -> None:
+    """`python -m coin ARGS` from the checkout's root (configs/testbed.yaml names its DeepSpeed
+    config relative to it); with `log`, its output goes to that file (jobs run side by side)."""
     print("$ coin " + " ".join(args), file=sys.stderr, flush=True)
-    # from the checkout's root: configs/testbed.yaml names its DeepSpeed config relative to it
-    subprocess.run([sys.executable, "-m", "coin", *args], check=True, cwd=REPO)
+    cmd = [sys.executable, "-m", "coin", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per job
+    if log is None:
+        subprocess.run(cmd, check=True, cwd=REPO, env=env)
+        return
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w", encoding="utf-8") as f:
+        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code:
+        tail = open(log, encoding="utf-8", errors="replace").read()[-2000:]
+        raise RuntimeError(f"coin {args[0]} exited {code}; its output: {log}\n{tail}")
 
 
-def _eval(models: dict[str, str], data: str, instructions: str, out: str, plan: dict, attacks: str) -> dict:
+def _jobs(jobs: dict, workers: int) -> dict:
+    """Run {key: (args, log)} `workers` at a time; returns {key: seconds}. Raises after every job
+    has ended if one failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item):
+        key, (args, log) = item
+        t0 = time.time()
+        _coin(*args, log=log)
+        return key, time.time() - t0
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(pool.map(one, jobs.items()))
+
+
+def _eval_args(models: dict[str, str], data: str, instructions: str, out: str, plan: dict, attacks: str) -> list[str]:
     args = [a for name, path in models.items() for a in ("--model", path, "--model-name", name)]
     tasks = ",".join(t["name"] for t in json.load(open(os.path.join(data, "tasks.json"), encoding="utf-8")))
-    _coin("eval", *args, "--task-file", os.path.join(data, "tasks.json"), "--tasks", tasks,
-          "--data", os.path.join(data, "eval"), "--instructions", instructions, "--attacks", attacks,
-          "--n-examples", str(plan["eval_examples"]), "--n-instructions", str(plan["n_instructions"]),
-          "--representation", "auto", "--representation-examples", str(plan["eval_examples"]),
-          "--out", out, "--no-plots", "--no-progress")
-    return read_eval(out)
+    return ["eval", *args, "--task-file", os.path.join(data, "tasks.json"), "--tasks", tasks,
+            "--data", os.path.join(data, "eval"), "--instructions", instructions, "--attacks", attacks,
+            "--n-examples", str(plan["eval_examples"]), "--n-instructions", str(plan["n_instructions"]),
+            "--representation", "auto", "--representation-examples", str(plan["eval_examples"]),
+            "--out", out, "--no-plots", "--no-progress"]
 
 
 def read_eval(out: str) -> dict:
@@ -104,31 +130,37 @@ def _training(path: str) -> dict:
     return out
 
 
-def _seed_run(seed: int, plan: dict, timings: dict, out: str) -> dict:
-    root = os.path.join(out, f"seed{seed}")
-    data, init = os.path.join(root, "data"), os.path.join(root, "init")
-    t0 = time.time()
-    _coin("data", "testbed", data, "--seed", str(seed), *plan["testbed"])
-    _coin("pretrain", "--corpus", os.path.join(data, "corpus.txt"), "--out", init, "--seed", str(seed),
-          "--steps", str(plan["pretrain_steps"]), "--no-progress")
-    timings.setdefault("data+pretrain", []).append(time.time() - t0)
-    models = {}
-    for arm in plan["arms"]:
-        t0 = time.time()
-        _coin("train", "--config", os.path.join(REPO, "configs", "testbed.yaml"), "--nproc", "2", f"model.name_or_path={init}",
-              f"data.train={data}/train.pairs.jsonl", f"output.dir={root}/{arm}", "output.resume=never",
-              f"optim.seed={seed}", f"optim.max_steps={plan['steps']}", f"output.save_every={plan['steps']}",
-              "logging.progress_bar=false", *ARMS[arm])
-        timings.setdefault(arm, []).append(time.time() - t0)
-        models[arm] = f"{root}/{arm}/hf"
-    t0 = time.time()
-    trained = _eval(models, data, "generated:" + os.path.join(data, "instructions.train.json"), f"{root}/eval_train",
-                    plan, "clean")
-    heldout = _eval(models, data, "generated:" + os.path.join(data, "instructions.heldout.json"),
-                    f"{root}/eval_heldout", plan, "all")
-    timings.setdefault("eval", []).append(time.time() - t0)
-    return {"trained": trained, "heldout": heldout,
-            "training": {arm: _training(f"{root}/{arm}/metrics.jsonl") for arm in plan["arms"]}}
+def _experiment(plan: dict, timings: dict, out: str) -> list[dict]:
+    """Every seed's testbed, pre-training, arms and evaluations, `plan["workers"]` jobs at a time
+    (each job one process on one core): returns one result per seed for `summarize`."""
+    roots = {seed: os.path.join(out, f"seed{seed}") for seed in plan["seeds"]}
+    data = {seed: os.path.join(root, "data") for seed, root in roots.items()}
+    init = {seed: os.path.join(root, "init") for seed, root in roots.items()}
+    for seed in plan["seeds"]:
+        _coin("data", "testbed", data[seed], "--seed", str(seed), *plan["testbed"])
+    took = _jobs({seed: (["pretrain", "--corpus", os.path.join(data[seed], "corpus.txt"), "--out", init[seed],
+                          "--seed", str(seed), "--steps", str(plan["pretrain_steps"]), "--no-progress"],
+                         os.path.join(roots[seed], "logs", "pretrain.log")) for seed in plan["seeds"]}, plan["workers"])
+    timings["pretrain"] = list(took.values())
+    config = os.path.join(REPO, "configs", "testbed.yaml")
+    took = _jobs({(seed, arm): (["train", "--config", config, "--nproc", "1", f"model.name_or_path={init[seed]}",
+                                 f"data.train={data[seed]}/train.pairs.jsonl", f"output.dir={roots[seed]}/{arm}",
+                                 "output.resume=never", f"optim.seed={seed}", f"optim.max_steps={plan['steps']}",
+                                 f"output.save_every={plan['steps']}", "logging.progress_bar=false", *ARMS[arm]],
+                                os.path.join(roots[seed], "logs", f"train-{arm}.log"))
+                  for seed in plan["seeds"] for arm in plan["arms"]}, plan["workers"])
+    for (_, arm), seconds in took.items():
+        timings.setdefault(arm, []).append(seconds)
+    instructions = {"train": ("instructions.train.json", "clean"), "heldout": ("instructions.heldout.json", "all")}
+    evals = {(seed, split): (_eval_args({arm: f"{roots[seed]}/{arm}/hf" for arm in plan["arms"]}, data[seed],
+                                        "generated:" + os.path.join(data[seed], file), f"{roots[seed]}/eval_{split}",
+                                        plan, attacks), os.path.join(roots[seed], "logs", f"eval-{split}.log"))
+             for seed in plan["seeds"] for split, (file, attacks) in instructions.items()}
+    took = _jobs(evals, plan["workers"])
+    timings["eval"] = [took[(seed, "train")] + took[(seed, "heldout")] for seed in plan["seeds"]]
+    return [{"trained": read_eval(f"{roots[seed]}/eval_train"), "heldout": read_eval(f"{roots[seed]}/eval_heldout"),
+             "training": {arm: _training(f"{roots[seed]}/{arm}/metrics.jsonl") for arm in plan["arms"]}}
+            for seed in plan["seeds"]]
 
 
 def _ms(values: list[float]) -> dict:
@@ -203,11 +235,12 @@ def section(summary: dict, meta: dict) -> str:
         "## The robustness experiment: CoIN against its baselines on the instruction testbed (tiny LLaMA, CPU)",
         "",
         f"Command: `{meta['command']}`; {meta['machine']}; {meta['minutes']:.1f} min in all "
-        f"(per seed: testbed + pre-training {statistics.mean(t['data+pretrain']):.0f} s, "
+        f"(per seed and job: pre-training {statistics.mean(t['pretrain']):.0f} s, "
         + ", ".join(f"{n} {statistics.mean(t[n]):.0f} s" for n in arms)
         + f", evaluation {statistics.mean(t['eval']):.0f} s). Seeds {meta['plan']['seeds']}; per seed one testbed and "
         f"one pre-trained initialisation shared by every arm; {meta['plan']['steps']} optimiser steps per arm "
-        "(configs/testbed.yaml, 2 ranks, ZeRO-3). Arms: " + "; ".join(f"`{n}` = {ARM_TEXT[n]}" for n in arms) + ".",
+        f"(configs/testbed.yaml: one process under ZeRO-3; {meta['plan']['workers']} jobs at a time, one core each, "
+        "so each job's time above is measured beside another). Arms: " + "; ".join(f"`{n}` = {ARM_TEXT[n]}" for n in arms) + ".",
         "",
         "Accuracy (%), mean ± std over seeds; *training* = the training phrasings, clean; the other columns are the "
         "held-out wordings, clean and under the attacks of each level (calibrated label scoring). "
@@ -269,8 +302,8 @@ def discussion(summary: dict) -> list[str]:
     spread = base["training_phrasings"].get("per_seed", []) if base else []
     if spread and max(spread) - min(spread) > 10:
         out.append(f"- The baseline's accuracy on its own training phrasings ranges from {min(spread):.1f}% to "
-                   f"{max(spread):.1f}% over the seeds: at this step budget whether a seed learns the tasks at all "
-                   "is partly chance, and that spread is as large as the differences between arms.")
+                   f"{max(spread):.1f}% over the seeds: the seed moves accuracy as much as the choice of arm does, "
+                   "so only the paired intervals (every arm of a seed shares its data and initialisation) separate arms.")
     collapsed = [n for n, arm in a.items() if arm["max_answer_share"] > 95]
     if collapsed:
         out.append("- " + ", ".join(f"`{n}`" for n in collapsed) + " give one answer to more than 95% of the examples "
@@ -285,7 +318,7 @@ def run(quick: bool = False, out: str | None = None) -> str:
     out = os.path.abspath(out or OUT)
     t0 = time.time()
     timings: dict = {}
-    runs = [_seed_run(seed, plan, timings, out) for seed in plan["seeds"]]
+    runs = _experiment(plan, timings, out)
     summary = summarize(runs, plan["arms"])
     meta = {"command": "coin bench robustness" + (" --quick" if quick else ""), "plan": plan, "timings": timings,
             "minutes": (time.time() - t0) / 60, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}

@@ -1,10 +1,12 @@
 """What the contrastive machinery costs, measured side by side in one run.
 
 Part A, 2 CPU ranks (torchrun, gloo) under DeepSpeed ZeRO-3, one engine, the same 2B sequences
-each step, variants interleaved round by round:
+each step, variants in blocks of BLOCK steps, rotated round by round:
     sft           coin_step with `objective: cit` (generation loss on originals + paraphrases)
     coin          the CoIN step, negatives gathered from both ranks (pool = 2 x B)
     coin-local    the CoIN step, pool = the local micro-batch (gather off)
+    coin-norms    the CoIN step measuring the hidden-state gradient norms on every step (gradnorm)
+    coin-logged   the norms on one step in BLOCK, as the trainer measures them at log_every = BLOCK
 Part B, one process, plain PyTorch (the reference-style step cannot run under ZeRO-3: two
 forwards before one backward, DeepSpeed #5321):
     coin          the CoIN step
@@ -27,6 +29,7 @@ import time
 from memory import time_and_peak
 
 SEQ, MICRO_BATCH, RESPONSE = 256, 4, 16
+BLOCK = 10  # consecutive steps of one variant
 MODEL = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
 
 
@@ -69,24 +72,33 @@ def _distributed_child(rounds: int) -> None:
     lm = load_model(ModelConfig(name_or_path=_model_dir()), ds)
     engine = Engine(CoinModel(lm), ds, cfg.optim, total_steps=10_000)
     batch = _batch(lm.config.vocab_size, seed=dist.rank())
+    # name: (config, pool, the block's steps that measure the hidden-state gradient norms)
+    every, none = set(range(BLOCK)), set()
     variants = {
-        "sft": (CoinConfig(objective="cit"), NegativePool(enabled=False)),
-        "coin": (CoinConfig(), NegativePool(enabled=True)),
-        "coin-local": (CoinConfig(gather=False), NegativePool(enabled=False)),
+        "sft": (CoinConfig(objective="cit"), NegativePool(enabled=False), none),
+        "coin": (CoinConfig(), NegativePool(enabled=True), none),
+        "coin-local": (CoinConfig(gather=False), NegativePool(enabled=False), none),
+        "coin-norms": (CoinConfig(), NegativePool(enabled=True), every),
+        "coin-logged": (CoinConfig(), NegativePool(enabled=True), {BLOCK - 1}),  # the trainer at log_every = BLOCK
     }
     times = {name: [] for name in variants}
+    names = list(variants)
     for r in range(rounds + 1):
-        for name, (ccfg, pool) in variants.items():
-            dist.barrier()
-            t0 = time.perf_counter()
-            out = coin_step(engine.model, batch, ccfg, pool)
-            engine.backward(out.loss)
-            engine.step()
-            dist.barrier()
-            if r:  # round 0 warms up
-                times[name].append(time.perf_counter() - t0)
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: no variant always runs first
+            ccfg, pool, measured = variants[name]
+            block = []
+            for i in range(BLOCK):
+                dist.barrier()
+                t0 = time.perf_counter()
+                out = coin_step(engine.model, batch, ccfg, pool, grad_norms=i in measured)
+                engine.backward(out.loss)
+                engine.step()
+                dist.barrier()
+                block.append(time.perf_counter() - t0)
+            if r:  # round 0 warms up; a block's first step absorbs the switch from the previous variant
+                times[name].append(statistics.mean(block[1:]))
     if dist.rank() == 0:
-        print("RESULT " + json.dumps({k: statistics.median(v) for k, v in times.items()}), flush=True)
+        print("RESULT " + json.dumps(times), flush=True)
     dist.shutdown(0)
 
 
@@ -140,12 +152,14 @@ def run(quick: bool = False) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rounds = 3 if quick else 10
+    rounds = 1 if quick else 3
     dist_res = _result([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                         __file__, "--dist", str(rounds)], env)
     single = {v: _result([sys.executable, __file__, "--single", v, "2" if quick else "5"], {**env, "OMP_NUM_THREADS": "2"})
               for v in ("coin", "reference")}
-    a = dist_res
+    a = {k: statistics.median(v) for k, v in dist_res.items()}
+    # the ratio to SFT round by round (the variants of a round ran back to back): its range
+    ratios = {k: [t / s for t, s in zip(v, dist_res["sft"])] for k, v in dist_res.items()}
     lines = [
         "## The CoIN step: contrastive machinery, gather, and the reference-style step",
         "",
@@ -153,17 +167,25 @@ def run(quick: bool = False) -> str:
         f"sequence {SEQ}, micro-batch {MICRO_BATCH} ({2 * MICRO_BATCH} sequences), response {RESPONSE} tokens. "
         "Command: `python benchmarks/bench_step.py`.",
         "",
-        f"2 CPU ranks, DeepSpeed ZeRO-3, one engine, variants interleaved, median of {rounds} steps (forward + backward + optimiser step):",
+        f"2 CPU ranks, DeepSpeed ZeRO-3, one engine; each variant runs blocks of {BLOCK} consecutive steps, the blocks "
+        f"rotated round by round; per block the mean of steps 2-{BLOCK} (the first absorbs the switch from the previous "
+        f"variant), median over {rounds} rounds (forward + backward + optimiser step):",
         "",
-        "| variant | step (s) | vs SFT |",
-        "|---|---:|---:|",
+        "| variant | step (s) | vs SFT | vs SFT, range over rounds |",
+        "|---|---:|---:|---:|",
     ]
-    for name in ("sft", "coin", "coin-local"):
-        lines.append(f"| {name} | {a[name]:.3f} | {a[name] / a['sft']:.3f} |")
+    for name in ("sft", "coin", "coin-local", "coin-norms", "coin-logged"):
+        lines.append(f"| {name} | {a[name]:.3f} | {a[name] / a['sft']:.3f} | "
+                     f"{min(ratios[name]):.3f}-{max(ratios[name]):.3f} |")
     lines += [
         "",
-        f"Contrastive machinery (pooling, gather, InfoNCE) over SFT: {100 * (a['coin'] / a['sft'] - 1):+.1f}% (target at most +10%); "
-        f"gathering on vs off: {a['coin'] / a['coin-local']:.3f}x.",
+        f"`coin-norms` measures the hidden-state gradient norms of both terms on every step (what "
+        f"`coin.weighting: gradnorm` needs); `coin-logged` on the last step of each block only, as the trainer "
+        f"does at `logging.log_every` {BLOCK} for the other weightings.",
+        "",
+        f"The CoIN step as the trainer runs it (`coin-logged`) over SFT: {100 * (a['coin-logged'] / a['sft'] - 1):+.1f}% "
+        f"(target at most +10%); without the norms: {100 * (a['coin'] / a['sft'] - 1):+.1f}%; with them on every "
+        f"step: {100 * (a['coin-norms'] / a['sft'] - 1):+.1f}%; gathering on vs off: {a['coin'] / a['coin-local']:.3f}x.",
         "",
         "One process, plain PyTorch, forward + backward:",
         "",

@@ -139,15 +139,22 @@ class Monitor:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         step = record["step"]
-        if step % self.log_every == 0 or step == self.total_steps:
+        if self.closes_interval(step):
             self._flush_interval(step)
+
+    def closes_interval(self, step: int) -> bool:
+        """Whether optimiser step `step` ends a logging interval (every `logging.log_every` steps
+        and the last step). Known on every rank, enabled or not."""
+        return step % self.log_every == 0 or step == self.total_steps
 
     def _flush_interval(self, step: int) -> None:
         recs, self._interval = self._interval, []
         if not recs:
             return
-        mean = {k: sum(r[k] for r in recs) / len(recs)
-                for k in TRAIN_SCALARS if all(r.get(k) is not None for r in recs)}
+        # over the records that have the value (the hidden-state gradient norms are measured on
+        # the interval's last step only, unless the weighting needs them every step)
+        present = {k: [r[k] for r in recs if r.get(k) is not None] for k in TRAIN_SCALARS}
+        mean = {k: sum(v) / len(v) for k, v in present.items() if v}
         mean["lr"] = recs[-1]["lr"]
         perf = self.perf(sum(r["tokens"] for r in recs), sum(r["label_tokens"] for r in recs),
                          sum(r["samples"] for r in recs), sum(r["step_time_s"] for r in recs))

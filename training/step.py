@@ -16,9 +16,11 @@
              | min(max_weight, grad_ratio * |dL_gen/dh| / |dL_ctr/dh|)         gradnorm (detached)
     times min(1, step / weight_warmup_steps) (1 without warm-up); the consistency weight likewise.
 
-Gradient norms at the final hidden states h (objectives coin and consistency, every step; also
-logged): torch.autograd.grad of each term with respect to h (retain_graph; the graph beyond h is
-not traversed). They are the norms of the gradient of the GLOBAL loss (the one-process loss on
+Gradient norms at the final hidden states h (objectives coin and consistency; logged): computed
+when the caller asks (`grad_norms`; the trainer asks on the last step of each logging interval)
+and on every step where the weighting needs them (gradnorm); they cost two more passes through
+the head and the loss (under ZeRO-3 each gathers the head's weight again). torch.autograd.grad
+of each term with respect to h (retain_graph; the graph beyond h is not traversed). They are the norms of the gradient of the GLOBAL loss (the one-process loss on
 the global batch) with respect to the global batch's hidden states: on rank r the gradient of its
 contrastive loss reaches h_r through the gather's backward (an all-reduce), which sums what every
 rank's loss sends to h_r, i.e. W x d(global L_ctr)/dh_r; the generation term gives
@@ -107,9 +109,17 @@ def contrastive_weight(gen_loss: torch.Tensor, ctr_loss: torch.Tensor, cfg: Coin
     return w * warmup_factor(step, cfg)
 
 
-def coin_step(model, batch: dict, cfg: CoinConfig, pool: NegativePool | None = None, step: int = 0) -> StepOutput:
+def needs_grad_norms(cfg: CoinConfig) -> bool:
+    """Whether the loss itself needs the hidden-state gradient norms (weighting gradnorm)."""
+    return cfg.objective == "coin" and cfg.weighting == "gradnorm"
+
+
+def coin_step(model, batch: dict, cfg: CoinConfig, pool: NegativePool | None = None, step: int = 0,
+              grad_norms: bool = True) -> StepOutput:
     """One micro-step's loss. `model` is a CoinModel or a DeepSpeed engine wrapping one; `step`
-    the optimiser steps done (for coin.weight_warmup_steps)."""
+    the optimiser steps done (for coin.weight_warmup_steps); `grad_norms`: measure the
+    hidden-state gradient norms (objectives coin, consistency; always when `needs_grad_norms`),
+    else their metrics are 0. A collective decision: every rank passes the same value."""
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     n = input_ids.shape[0]
     if n % 2:
@@ -120,18 +130,19 @@ def coin_step(model, batch: dict, cfg: CoinConfig, pool: NegativePool | None = N
     # detect a backward, and running them from autograd.grad ends a ZeRO-1/2 step's reduction early.
     hidden = hidden.view_as(hidden)
     head = getattr(model, "module", model).head
-    two_terms = cfg.objective in ("coin", "consistency")
+    measure = cfg.objective in ("coin", "consistency") and (grad_norms or needs_grad_norms(cfg))
     grad_mode = torch.is_grad_enabled()
-    with torch.enable_grad() if two_terms else contextlib.nullcontext():
-        if two_terms and not hidden.requires_grad:  # evaluation (no_grad): the norms need a graph from h
+    with torch.enable_grad() if measure else contextlib.nullcontext():
+        if measure and not hidden.requires_grad:  # evaluation (no_grad): the norms need a graph from h
             hidden = hidden.detach().requires_grad_()
-        out = _losses(hidden, attention_mask, labels, batch, head, cfg, pool, step, b)
+        out = _losses(hidden, attention_mask, labels, batch, head, cfg, pool, step, b, measure)
     if not grad_mode:
         out.loss = out.loss.detach()
     return out
 
 
-def _losses(hidden, attention_mask, labels, batch, head, cfg: CoinConfig, pool, step: int, b: int) -> StepOutput:
+def _losses(hidden, attention_mask, labels, batch, head, cfg: CoinConfig, pool, step: int, b: int,
+            measure: bool) -> StepOutput:
     n = 2 * b
     if cfg.objective == "sft":  # paraphrase rows carry no generation loss
         labels = labels.clone()
@@ -156,7 +167,7 @@ def _losses(hidden, attention_mask, labels, batch, head, cfg: CoinConfig, pool, 
     if cfg.objective == "consistency":
         js = consistency_losses(hidden, labels, head, cfg.lm_loss_chunks)
         reg = js.mean() if js.numel() else js.sum()  # no aligned position: 0, still in the graph
-        norms = hidden_grad_norms(hidden, gen_loss, reg)
+        norms = hidden_grad_norms(hidden, gen_loss, reg) if measure else torch.zeros(2, device=device)
         weight = torch.tensor(cfg.consistency_weight * warmup_factor(step, cfg), device=device)
         metrics["cons_loss"] = reg.detach()
     else:
@@ -166,7 +177,7 @@ def _losses(hidden, attention_mask, labels, batch, head, cfg: CoinConfig, pool, 
         pool_o, offset = pool.gather(o)
         pool_p, _ = pool.gather(p)
         reg, ctr_metrics = info_nce(o, p, pool_o, pool_p, offset, cfg.temperature)
-        norms = hidden_grad_norms(hidden, gen_loss, reg)
+        norms = hidden_grad_norms(hidden, gen_loss, reg) if measure else torch.zeros(2, device=device)
         weight = contrastive_weight(gen_loss, reg, cfg, step, norms)
         metrics.update(ctr_metrics)
         metrics.update(ctr_loss=reg.detach(), pool_size=torch.tensor(float(pool_o.shape[0]), device=device))

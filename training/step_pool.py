@@ -19,7 +19,7 @@ of its own embeddings, g_a = dL_ctr/de_a. The weight w is `step.contrastive_weig
 (mean_a L_gen_a, L_ctr): the world means, as for the micro-batch step (one all-reduce), with its
 warm-up. Only objective coin has a pool, so L_gen is always CE(original) + CE(paraphrase);
 weighting gradnorm needs hidden-state gradients, which pass 1 does not have: it needs pool micro
-(a ConfigError), and the logged gen_grad_norm / ctr_grad_norm are 0 here.
+(a ConfigError), and gen_grad_norm / ctr_grad_norm are not measured here (0; the trainer logs null).
 
 Pass 2 (with gradients): micro-batch a restores its RNG state (the same dropout as in pass 1),
 runs its forward again and gives   loss_a = L_gen_a + c * w * sum(e_a * g_a)   (g_a detached).

@@ -281,6 +281,8 @@ class Trainer:
             self.step += 1
             now = time.perf_counter()
             record = window.record(self.step, self.world * cfg.optim.micro_batch_size)
+            if not self._measures_norms(self.step):
+                record.update(gen_grad_norm=None, ctr_grad_norm=None)  # not measured this step
             record.update(epoch=self.train_data.epoch, lr=lr, grad_norm=engine.grad_norm(),
                           consumed_samples=self.consumed_samples, time=time.time())
             record.update(self.monitor.perf(record["tokens"], record["label_tokens"], record["samples"], now - t_step))
@@ -303,7 +305,8 @@ class Trainer:
         engine = self.engine
         batch = self.train_data.next_batch()
         self.consumed_samples += len(batch["ids"]) * self.world
-        out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool, step=self.step)
+        out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool, step=self.step,
+                           grad_norms=self._measures_norms(self.step + 1))
         nonfinite, stop, metrics = self._agree(out)
         if nonfinite:
             self._report_nonfinite(batch, out)
@@ -338,6 +341,18 @@ class Trainer:
         assert boundary, "the last micro-batch of a pooled step is DeepSpeed's accumulation boundary"
         window.add(metrics, micro_steps=len(batches))
         return "stepped", stop, lr
+
+    def _measures_norms(self, step: int) -> bool:
+        """Whether optimiser step `step` measures the hidden-state gradient norms (`coin_step`'s
+        `grad_norms`): objectives coin and consistency with `coin.pool: micro`, on the last step of
+        each logging interval, and on every step where the weighting needs them (gradnorm). They
+        cost two passes through the head and the loss; the same answer on every rank."""
+        from .step import needs_grad_norms
+
+        c = self.cfg.coin
+        if c.objective not in ("coin", "consistency") or c.pool != "micro":
+            return False
+        return needs_grad_norms(c) or self.monitor.closes_interval(step)
 
     def _agree(self, out) -> tuple[bool, bool, dict]:
         """The one collective of a micro-step (of a step, with `coin.pool: step`): non-finite flag,
@@ -398,7 +413,8 @@ class Trainer:
         engine.eval()
         sums = torch.zeros(len(STEP_METRICS) + 1, dtype=torch.float64, device=engine.device)
         for batch in self.eval_data.batches():
-            out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool, step=self.step)
+            out = self.step_fn(engine.model, _to_device(batch, engine.device), self.cfg.coin, self.pool, step=self.step,
+                               grad_norms=False)  # not reported by evaluation
             sums[:-1] += _metrics_vector(out, engine.device)
             sums[-1] += len(batch["ids"])
         if self.world > 1:

@@ -1,6 +1,7 @@
 """benchmarks/bench_robustness.py: the summary's figures against a hand computation on made-up
 evaluation results, and the reduced experiment (--quick) end to end through the same code path
-as the full one (testbed, pre-training, 2-rank ZeRO-3 training per arm, evaluation, summary)."""
+as the full one (testbed, pre-training, ZeRO-3 training per arm, evaluation, summary; two jobs
+at a time)."""
 from __future__ import annotations
 
 import json
@@ -67,7 +68,7 @@ def test_summary_matches_a_hand_computation():
         assert d["mean"] == pytest.approx(25.0)
         assert 0.0 <= d["ci95"][0] <= 25.0 <= d["ci95"][1] <= 50.0
     text = bench.section(s, {"command": "x", "machine": "m", "minutes": 1.0, "plan": bench.QUICK,
-                             "timings": {"data+pretrain": [1.0], "cit": [1.0], "coin": [1.0], "eval": [1.0]}})
+                             "timings": {"pretrain": [1.0], "cit": [1.0], "coin": [1.0], "eval": [1.0]}})
     assert "| coin | 90.0 ± 0.0 |" in text and "(collapsed)" in text  # coin's 97% answer share is flagged
     assert "a gap of 20.0 points" in text
 
@@ -81,7 +82,7 @@ def test_summary_refuses_arms_scored_on_different_examples():
 
 
 def test_quick_experiment_end_to_end(tmp_path):
-    """The reduced plan: 1 seed x 2 arms, each a real `coin train` on 2 ranks; the recorded
+    """The reduced plan: 1 seed x 2 arms, each a real `coin train`, both at once; the recorded
     benchmarks/results/robustness.json is left alone (only the full run writes it)."""
     recorded = REPO / "benchmarks" / "results" / "robustness.json"
     before = recorded.read_bytes() if recorded.exists() else None

@@ -42,6 +42,25 @@ def test_log_lines_and_resume_truncation(tmp_path, capsys):
     assert [(r["step"], r["loss"]) for r in lines] == [(1, 1.0), (2, 1.0), (3, 2.0)]
 
 
+def test_interval_means_skip_unmeasured_values(tmp_path):
+    """The gradient norms, measured on an interval's last step only (None before it), are averaged
+    over the steps that have them; the other scalars over every step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    m = Monitor(str(tmp_path), enabled=True, log_every=3, tensorboard=True, progress_bar=False, total_steps=3,
+                start_step=0, world_size=1, peak_tflops=1e-9, flops_per_token=lambda seq_len, label_fraction: 1.0)
+    assert [m.closes_interval(s) for s in (1, 2, 3)] == [False, False, True]
+    for step, norm in ((1, None), (2, None), (3, 0.25)):
+        m.log_step({**_record(step, loss=float(step)), "gen_grad_norm": norm, "ctr_grad_norm": norm})
+    m.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("train/gen_grad_norm")] == [0.25]
+    assert [e.value for e in acc.Scalars("train/loss")] == [2.0]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["gen_grad_norm"] for r in lines] == [None, None, 0.25]
+
+
 def test_other_ranks_write_nothing(tmp_path):
     m = _monitor(tmp_path / "r1", enabled=False)
     m.log_step(_record(1))

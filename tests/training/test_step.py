@@ -93,6 +93,23 @@ def test_hidden_state_grad_norms_and_gradnorm_weight(setup, objective, pooling):
     lm.zero_grad()
 
 
+@pytest.mark.parametrize("weighting", ["adaptive", "gradnorm"])
+def test_grad_norms_off_leaves_the_loss_and_gradnorm_measures_anyway(setup, weighting):
+    """grad_norms=False (the trainer's steps between logging steps) changes nothing but the two
+    norm metrics (0); gradnorm needs the norms for its weight and measures them regardless."""
+    tok, lm, rows = setup
+    cfg = CoinConfig(weighting=weighting)
+    batch = collate(rows, tok.pad_token_id)
+    on, off = (coin_step(CoinModel(lm), batch, cfg, grad_norms=g) for g in (True, False))
+    assert float(off.loss) == pytest.approx(float(on.loss), rel=1e-6)
+    assert float(off.metrics["ctr_weight"]) == pytest.approx(float(on.metrics["ctr_weight"]), rel=1e-6)
+    assert float(on.metrics["gen_grad_norm"]) > 0
+    measured = weighting == "gradnorm"
+    for k in ("gen_grad_norm", "ctr_grad_norm"):
+        assert (float(off.metrics[k]) == pytest.approx(float(on.metrics[k]), rel=1e-6)) if measured \
+            else float(off.metrics[k]) == 0
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 def test_consistency_aligns_response_positions(frozen):
     """Pair i's k-th label position of the original meets the k-th of the paraphrase; a view with

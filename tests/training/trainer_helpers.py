@@ -148,14 +148,14 @@ def train_ranks(rank: int, world: int, cfg_dict: dict, options: dict | None = No
     options = options or {}
     calls = {"n": 0}
 
-    def step_fn(model, batch, ccfg, pool, step=0):
+    def step_fn(model, batch, ccfg, pool, step=0, grad_norms=True):
         if not torch.is_grad_enabled():  # evaluation: not a training micro-step
-            return coin_step(model, batch, ccfg, pool, step)
+            return coin_step(model, batch, ccfg, pool, step, grad_norms)
         calls["n"] += 1
         n = calls["n"]
         if n in options.get("truncate_calls", ()):
             batch = dict(batch, labels=torch.full_like(batch["labels"], -100))
-        out = coin_step(model, batch, ccfg, pool, step)
+        out = coin_step(model, batch, ccfg, pool, step, grad_norms)
         if n in options.get("nan_calls", {}).get(rank, ()):
             out = StepOutput(out.loss * float("nan"), out.metrics)
         if options.get("stop_at") == n and rank == 0:
