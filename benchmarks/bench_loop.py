@@ -87,8 +87,8 @@ def _child(work: str, rounds: int) -> None:
         data.load_state_dict(state)
         dist.barrier()
         inside[0], t0 = 0.0, time.perf_counter()
-        for i, batch in enumerate(batches):  # the norms on one step in LOG_EVERY, as the loop measures them
-            out = trainer.step_fn(engine.model, batch, cfg.coin, trainer.pool, grad_norms=i == STEPS_PER_ROUND - 1)
+        for i, batch in enumerate(batches):  # the norms where the loop measures them: steps closing a log interval
+            out = trainer.step_fn(engine.model, batch, cfg.coin, trainer.pool, grad_norms=(i + 1) % LOG_EVERY == 0)
             engine.backward(out.loss)
             engine.step()
         t_bare, in_bare = time.perf_counter() - t0, inside[0]
